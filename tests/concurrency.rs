@@ -1,0 +1,269 @@
+#![cfg(feature = "ssr")]
+//! Concurrency: workers polling at the same instant never share a build, and
+//! concurrent telemetry writers (also replaying the same batch, also while a
+//! retention pass runs) lose nothing and count nothing twice.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use common::*;
+use freeagent::wire::Snapshot;
+use reqwest::StatusCode;
+use tokio::sync::Barrier;
+
+/// Many workers polling at once claim every build exactly once: no build
+/// twice, none lost, each assigned to the worker that got it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_workers_polling_at_once_claim_each_build_exactly_once() {
+    let app = Arc::new(TestApp::start().await);
+    const WORKERS: usize = 16;
+    const BUILDS: usize = 60;
+    let mut submitted = BTreeSet::new();
+    for _ in 0..BUILDS {
+        submitted.insert(app.submit_build("linux").await.id);
+    }
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        workers.push(app.register_worker(&["linux"], 2, 2048).await);
+    }
+    let barrier = Arc::new(Barrier::new(WORKERS));
+    let mut tasks = Vec::new();
+    for worker in workers {
+        let app = app.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut claimed = Vec::new();
+            while let Some(build) = app.claim(&worker).await {
+                claimed.push(build.id);
+            }
+            (worker.id, claimed)
+        }));
+    }
+    let mut owner = BTreeMap::new();
+    for task in tasks {
+        let (worker, claimed) = task.await.unwrap();
+        for id in claimed {
+            if let Some(other) = owner.insert(id, worker) {
+                panic!("build {id} claimed by worker {other} and worker {worker}");
+            }
+        }
+    }
+    assert_eq!(owner.keys().copied().collect::<BTreeSet<_>>(), submitted);
+    for (id, worker) in &owner {
+        let view = app.build(*id).await;
+        assert_eq!(
+            (view.status.as_str(), view.worker_id),
+            ("assigned", Some(*worker))
+        );
+    }
+    let stats = app.stats().await;
+    assert_eq!(
+        (stats.builds_queued, stats.active_builds),
+        (0, BUILDS as u64)
+    );
+}
+
+/// Many writers posting telemetry at once (two writers per build, eight
+/// builds, batches of 1..=8) lose nothing: every acknowledged sample is
+/// stored and every figure equals the recomputation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_telemetry_writers_lose_nothing() {
+    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    const BUILDS: usize = 8;
+    const SAMPLES: i64 = 160;
+    let mut running = Vec::new();
+    for _ in 0..BUILDS {
+        let worker = app.register_worker(&["linux"], 8, 16_384).await;
+        let claimed = app.running_build(&worker, "linux").await;
+        running.push((worker, claimed));
+    }
+    let barrier = Arc::new(Barrier::new(BUILDS * 2));
+    let mut tasks = Vec::new();
+    for (worker, claimed) in &running {
+        for parity in 0..2 {
+            let app = app.clone();
+            let barrier = barrier.clone();
+            let worker = worker.clone();
+            let claimed = claimed.clone();
+            tasks.push(tokio::spawn(async move {
+                let mine: Vec<Snapshot> = (1..=SAMPLES)
+                    .filter(|seq| seq % 2 == parity)
+                    .map(|seq| {
+                        sample(
+                            seq,
+                            claimed.assigned_at + seq * 100,
+                            (seq % 700) as f64 + 0.25,
+                            seq as f64 * 10.0,
+                        )
+                    })
+                    .collect();
+                barrier.wait().await;
+                let mut size = 1;
+                let mut acked = 0;
+                for chunk_start in (0..mine.len()).step_by(8) {
+                    let chunk = &mine[chunk_start..(chunk_start + size).min(mine.len())];
+                    let rest = &mine
+                        [(chunk_start + size).min(mine.len())..(chunk_start + 8).min(mine.len())];
+                    for part in [chunk, rest] {
+                        if part.is_empty() {
+                            continue;
+                        }
+                        let (status, answer) = app.send(&worker, claimed.id, part).await;
+                        assert_eq!(status, StatusCode::OK, "{answer:?}");
+                        assert_eq!(answer.accepted as usize, part.len(), "{answer:?}");
+                        acked += part.len();
+                    }
+                    size = size % 7 + 1;
+                }
+                acked
+            }));
+        }
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await.unwrap();
+    }
+    assert_eq!(acked, BUILDS * SAMPLES as usize);
+
+    let pool = app.db().await;
+    let rows: BTreeMap<(i64, i64), RawSample> = raw_samples(&pool)
+        .await
+        .into_iter()
+        .map(|r| ((r.build_id, r.seq), r))
+        .collect();
+    assert_eq!(rows.len(), acked, "every acknowledged sample is stored");
+    let builds = raw_builds(&pool).await;
+    let stats = app.stats().await;
+    let r = recompute(&builds, &rows, stats.generated_at);
+    assert_stats_match(&stats, &r, "after concurrent writers");
+    for (_, claimed) in &running {
+        let view = app.build(claimed.id).await;
+        assert_build_matches(&view, &r.builds[&claimed.id], "after concurrent writers");
+        assert_eq!(view.snapshot_count, SAMPLES);
+        assert_eq!(app.snapshots(claimed.id).await.len(), SAMPLES as usize);
+    }
+}
+
+/// The same batch posted by many requests at the same instant is stored
+/// once: across all answers each sample is accepted exactly once and a
+/// duplicate everywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_replays_count_each_sample_once() {
+    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    let worker = app.register_worker(&["linux"], 8, 16_384).await;
+    let claimed = app.running_build(&worker, "linux").await;
+    const COPIES: usize = 12;
+    for round in 0..5i64 {
+        let batch: Vec<Snapshot> = (1..=20)
+            .map(|i| {
+                let seq = round * 20 + i;
+                sample(seq, claimed.assigned_at + seq * 10, 100.0, 100.0)
+            })
+            .collect();
+        let barrier = Arc::new(Barrier::new(COPIES));
+        let mut tasks = Vec::new();
+        for _ in 0..COPIES {
+            let (app, worker, batch, barrier) =
+                (app.clone(), worker.clone(), batch.clone(), barrier.clone());
+            let id = claimed.id;
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                app.send(&worker, id, &batch).await
+            }));
+        }
+        let (mut accepted, mut duplicates) = (0, 0);
+        for task in tasks {
+            let (status, answer) = task.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{answer:?}");
+            accepted += answer.accepted;
+            duplicates += answer.duplicates;
+        }
+        assert_eq!(accepted, 20, "round {round}");
+        assert_eq!(duplicates, 20 * (COPIES as u64 - 1), "round {round}");
+    }
+    let view = app.build(claimed.id).await;
+    assert_eq!(view.snapshot_count, 100);
+    assert_eq!(view.cpu_seconds, 500.0);
+    assert_eq!(app.stats().await.total_cpu_seconds, 500.0);
+}
+
+/// Retention passes running while telemetry arrives and the build finishes
+/// change no figure: the build's figures equal those of everything
+/// acknowledged, and replaying it all afterwards stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_during_ingestion_loses_nothing() {
+    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    let worker = app.register_worker(&["linux"], 8, 16_384).await;
+    let claimed = app.running_build(&worker, "linux").await;
+    let all: Vec<Snapshot> = (1..=300)
+        .map(|seq| {
+            counter_sample(
+                seq,
+                claimed.assigned_at + seq * 100,
+                (seq % 800) as f64,
+                (seq * 3 % 16_000) as f64,
+                seq as f64 * 0.5,
+            )
+        })
+        .collect();
+    let writer = {
+        let (app, worker, all) = (app.clone(), worker.clone(), all.clone());
+        let id = claimed.id;
+        tokio::spawn(async move {
+            for chunk in all.chunks(5) {
+                app.send_ok(&worker, id, chunk).await;
+            }
+            assert_eq!(app.complete(&worker, id, true).await, StatusCode::OK);
+        })
+    };
+    let purger = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut removed = 0;
+            for _ in 0..20 {
+                removed += app.purge(0).await;
+                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+            }
+            removed
+        })
+    };
+    writer.await.unwrap();
+    let removed = purger.await.unwrap();
+    let left = app.snapshots(claimed.id).await.len() as u64;
+    assert_eq!(
+        removed + left,
+        300,
+        "every sample was stored once, then some purged"
+    );
+
+    let raw: Vec<RawSample> = all
+        .iter()
+        .map(|s| RawSample {
+            build_id: claimed.id,
+            seq: s.seq,
+            sampled_at: s.sampled_at,
+            cpu_percent: s.cpu_percent,
+            memory_mb: s.memory_mb,
+            cpu_time_s: s.cpu_time_s,
+            interval_s: s.interval_s,
+        })
+        .collect();
+    let expected = build_figures_from(&raw);
+    let view = app.build(claimed.id).await;
+    assert_build_matches(&view, &expected, "after purges during ingestion");
+    let stats = figures(&app.stats().await);
+    assert_eq!(stats.total_cpu_seconds, 150.0);
+    assert_eq!(stats.total_builds, 1);
+    for chunk in all.chunks(100) {
+        let (status, answer) = app.send(&worker, claimed.id, chunk).await;
+        assert_eq!(
+            (status, answer.accepted, answer.duplicates),
+            (StatusCode::OK, 0, 100)
+        );
+    }
+    assert_eq!(app.build(claimed.id).await, view);
+    assert_eq!(figures(&app.stats().await), stats);
+}

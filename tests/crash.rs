@@ -1,0 +1,428 @@
+#![cfg(feature = "ssr")]
+//! The real `freeagent` binary: a 2xx answer means the samples are durable
+//! (they survive SIGKILL at any moment after the answer), the admin key is
+//! generated when none is given, and SIGTERM stops the controller cleanly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use freeagent::wire::{BuildView, Snapshot, TelemetryAnswer};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+/// A `freeagent serve` process on a loopback port.
+struct Controller {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `freeagent` with none of the environment fallbacks of the test's caller.
+fn freeagent(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_freeagent"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FREEAGENT_") || key == "LEPTOS_SITE_ADDR" {
+            command.env_remove(key);
+        }
+    }
+    command.current_dir(dir).kill_on_drop(true);
+    command
+}
+
+impl Controller {
+    /// Starts `freeagent serve` with `extra` flags and waits for /healthz.
+    async fn start(dir: &Path, extra: &[&str]) -> Controller {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = dir.join(format!("serve-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = freeagent(dir)
+            .arg("serve")
+            .args(["--listen", &listen])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start freeagent serve");
+        let controller = Controller {
+            child,
+            base: format!("http://{listen}"),
+            log,
+        };
+        let http = client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http.get(controller.url("/healthz")).send().await {
+                if response.status() == StatusCode::OK {
+                    return controller;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "freeagent serve did not answer within 30 s; log:\n{}",
+                std::fs::read_to_string(&controller.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    async fn kill9(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reap");
+    }
+}
+
+fn serve_flags(database_url: &str) -> Vec<String> {
+    vec![
+        "--database-url".into(),
+        database_url.into(),
+        "--admin-key".into(),
+        ADMIN_KEY.into(),
+        "--telemetry-rate".into(),
+        "1000000".into(),
+        "--stats-ttl".into(),
+        "0s".into(),
+    ]
+}
+
+async fn start_db(dir: &Path, database_url: &str) -> Controller {
+    let flags = serve_flags(database_url);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Controller::start(dir, &flags).await
+}
+
+/// Posts samples from several connections until told to stop or the
+/// controller dies; returns every sample that got a 2xx.
+async fn post_until_killed(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    assigned_at: i64,
+    first_seq: i64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Snapshot> {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for lane in 0..4i64 {
+        let (http, url, token, acked, stop) = (
+            http.clone(),
+            url.clone(),
+            token.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut seq = first_seq + lane;
+            let mut round = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let size = round % 3 + 1;
+                let batch: Vec<Snapshot> = (0..size)
+                    .map(|k| {
+                        let s = seq + k * 4;
+                        sample(
+                            s,
+                            assigned_at + s % 30_000,
+                            (s % 400) as f64,
+                            (s % 4000) as f64,
+                        )
+                    })
+                    .collect();
+                seq += size * 4;
+                let sent = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&batch_json(&batch))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status().is_success() => {
+                        // The status line is the acknowledgement; the body
+                        // may be cut short by the kill.
+                        if let Ok(answer) = response.json::<TelemetryAnswer>().await {
+                            assert_eq!(answer.accepted as usize, batch.len(), "{answer:?}");
+                        }
+                        acked.lock().unwrap().extend(batch);
+                    }
+                    Ok(response) => panic!("telemetry answered {}", response.status()),
+                    Err(_) => break, // the controller is gone
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        let _ = writer.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    acked
+}
+
+fn batch_json(samples: &[Snapshot]) -> serde_json::Value {
+    json!({ "snapshots": samples })
+}
+
+/// Every sample that had a 2xx answer survives SIGKILL of the controller
+/// at a random moment under load, twice in a row; the restarted controller
+/// counts them exactly once and its figures match the stored rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_samples_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let http = client();
+
+    let controller = start_db(dir.path(), &database_url).await;
+    let register = http
+        .post(controller.url("/api/workers/register"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "crash", "platforms": ["linux"], "cpuCores": 4, "memoryMb": 8192}))
+        .send()
+        .await
+        .unwrap();
+    let worker: freeagent::wire::WorkerRegistered =
+        expect_json(register, StatusCode::CREATED).await;
+    let submit = http
+        .post(controller.url("/api/builds"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"platform": "linux"}))
+        .send()
+        .await
+        .unwrap();
+    let build: freeagent::wire::BuildSubmitted = expect_json(submit, StatusCode::CREATED).await;
+    let poll = http
+        .post(controller.url("/api/workers/poll"))
+        .bearer_auth(&worker.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), StatusCode::OK);
+    let started = http
+        .post(controller.url(&format!("/api/builds/{}/start", build.id)))
+        .bearer_auth(&worker.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::OK);
+    let assigned_at = {
+        let pool = read_only_pool(&database_url).await;
+        let at: i64 = sqlx::query_scalar("SELECT assigned_at FROM builds WHERE id = ?")
+            .bind(build.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        at
+    };
+
+    let mut acked: BTreeMap<i64, Snapshot> = BTreeMap::new();
+    let mut controller = controller;
+    for (round, kill_after_ms) in [(0i64, 700u64), (1, 1100)] {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = controller.url(&format!("/api/builds/{}/telemetry", build.id));
+        let load = tokio::spawn(post_until_killed(
+            http.clone(),
+            url,
+            worker.token.clone(),
+            assigned_at,
+            1 + round * 1_000_000,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        controller.kill9().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let got = load.await.unwrap();
+        assert!(
+            !got.is_empty(),
+            "round {round}: some samples were acknowledged before the kill"
+        );
+        for s in got {
+            acked.insert(s.seq, s);
+        }
+
+        controller = start_db(dir.path(), &database_url).await;
+        let stored: Vec<Snapshot> = expect_json(
+            http.get(controller.url(&format!("/api/builds/{}/snapshots", build.id)))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let stored: BTreeMap<i64, Snapshot> = stored.into_iter().map(|s| (s.seq, s)).collect();
+        let lost: Vec<i64> = acked
+            .keys()
+            .filter(|seq| !stored.contains_key(seq))
+            .copied()
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} of {} acknowledged samples lost after SIGKILL: {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(20)]
+        );
+        for (seq, sample) in &acked {
+            assert_eq!(&stored[seq], sample, "stored sample {seq} differs");
+        }
+
+        let view: BuildView = expect_json(
+            http.get(controller.url(&format!("/api/builds/{}", build.id)))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let raw: Vec<RawSample> = stored
+            .values()
+            .map(|s| RawSample {
+                build_id: build.id,
+                seq: s.seq,
+                sampled_at: s.sampled_at,
+                cpu_percent: s.cpu_percent,
+                memory_mb: s.memory_mb,
+                cpu_time_s: s.cpu_time_s,
+                interval_s: s.interval_s,
+            })
+            .collect();
+        let figures = build_figures_from(&raw);
+        assert_build_matches(&view, &figures, &format!("after SIGKILL round {round}"));
+        let stats: freeagent::stats::NetworkStats = expect_json(
+            http.get(controller.url("/api/stats")).send().await.unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        assert!(
+            (stats.total_cpu_seconds - figures.cpu_micros as f64 / 1e6).abs() <= 1e-6,
+            "totalCpuSeconds {} vs stored rows {}",
+            stats.total_cpu_seconds,
+            figures.cpu_micros as f64 / 1e6
+        );
+        assert_eq!(stats.active_builds, 1);
+    }
+    controller.kill9().await;
+}
+
+/// With no admin key given, `serve` generates one into `data/admin.key`
+/// (mode 0600), logs the path but never the key, the key works, and a
+/// restart keeps the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_generates_admin_key_when_none_is_given() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(dir.path(), &[]).await;
+    let key_path = dir.path().join("data/admin.key");
+    let key = std::fs::read_to_string(&key_path)
+        .expect("data/admin.key written")
+        .trim()
+        .to_string();
+    assert!(key.len() >= 16, "a key of some strength");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin.key is readable by its owner only");
+    assert!(
+        dir.path().join("data/freeagent.db").exists(),
+        "default database created"
+    );
+
+    let http = client();
+    let submit = |key: String, url: String| {
+        let http = http.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"platform": "linux"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        submit(key.clone(), controller.url("/api/builds")).await,
+        StatusCode::CREATED
+    );
+    let log_path = controller.log.clone();
+    controller.kill9().await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log.contains(&key), "the log shows the admin key:\n{log}");
+    assert!(
+        log.contains("admin.key"),
+        "the log names where the key is:\n{log}"
+    );
+
+    let controller = Controller::start(dir.path(), &[]).await;
+    let again = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(again, key, "a restart keeps the generated key");
+    assert_eq!(
+        submit(key.clone(), controller.url("/api/builds")).await,
+        StatusCode::CREATED
+    );
+    controller.kill9().await;
+}
+
+/// SIGTERM stops the controller gracefully: it exits with success within a
+/// few seconds, and what it acknowledged is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_controller_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("term.db").display());
+    let mut controller = start_db(dir.path(), &database_url).await;
+    let http = client();
+    let submit = http
+        .post(controller.url("/api/builds"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"platform": "linux"}))
+        .send()
+        .await
+        .unwrap();
+    let build: freeagent::wire::BuildSubmitted = expect_json(submit, StatusCode::CREATED).await;
+    drop(http);
+
+    let pid = controller.child.id().expect("running") as i32;
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), controller.child.wait())
+        .await
+        .expect("exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    let controller = start_db(dir.path(), &database_url).await;
+    let view: BuildView = expect_json(
+        client()
+            .get(controller.url(&format!("/api/builds/{}", build.id)))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(view.status, "pending");
+    controller.kill9().await;
+}
