@@ -182,8 +182,9 @@ async fn heartbeat_returns_server_time() {
     assert!((before - 5..=now_ms() + 5).contains(&server_time), "{body}");
 }
 
-/// Submitting answers 201 `{id, status:"pending", submittedAt, accessToken}`;
-/// the build is queued and readable with the admin key and its own token.
+/// Submitting answers 201 `{id, status:"pending", submittedAt, accessToken}`
+/// (unknown fields ignored); the build is queued and readable with the admin
+/// key and its own token.
 #[tokio::test]
 async fn submit_returns_pending_build_readable_by_admin_and_token() {
     let app = TestApp::start().await;
@@ -192,7 +193,7 @@ async fn submit_returns_pending_build_readable_by_admin_and_token() {
         .post_json(
             "/api/builds",
             Some(ADMIN_KEY),
-            &json!({"platform": "linux", "label": "release 1.2"}),
+            &json!({"platform": "linux", "label": "release 1.2", "priority": "ignored"}),
         )
         .await;
     let body: Value = expect_json(response, StatusCode::CREATED).await;
@@ -1785,6 +1786,34 @@ async fn counter_replaces_percent_estimate() {
     assert_eq!(app.stats().await.total_cpu_seconds, 72.0);
 }
 
+/// `GET /api/stats` serves figures at most `--stats-ttl` old: every answer's
+/// generatedAt is within the TTL of the request, and a change shows once the
+/// TTL has passed.
+#[tokio::test]
+async fn stats_are_at_most_stats_ttl_old() {
+    let app = TestApp::builder()
+        .stats_ttl(Duration::from_millis(500))
+        .start()
+        .await;
+    assert_eq!(app.stats().await.builds_queued, 0);
+    app.submit_build(LINUX).await;
+    let deadline = now_ms() + 1200;
+    while now_ms() < deadline {
+        let asked = now_ms();
+        let stats = app.stats().await;
+        assert!(
+            stats.generated_at >= asked - 500 - 5,
+            "figures {} ms old with a 500 ms TTL",
+            asked - stats.generated_at
+        );
+        if stats.generated_at > asked {
+            assert_eq!(stats.builds_queued, 1, "fresh figures show the build");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.stats().await.builds_queued, 1);
+}
+
 /// cpuCoresBusy sums, over active builds, the newest (largest sampledAt)
 /// sample's cpuPercent/100 when under 30 s old; finished builds and stale
 /// samples do not count.
@@ -1928,7 +1957,7 @@ async fn daily_days_bounds_and_zeros() {
         )
         .await;
     }
-    for days in ["abc", "1.5", ""] {
+    for days in ["abc", "1.5", "-1"] {
         expect_error(
             app.get(&format!("/api/stats/daily?days={days}"), None)
                 .await,
