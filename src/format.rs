@@ -18,7 +18,7 @@ pub fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -224,7 +224,10 @@ mod tests {
     #[test]
     fn durations_two_largest_units() {
         assert_eq!(duration_ms((5 * 3600 + 12 * 60 + 30) * 1000), "5h 12m");
-        assert_eq!(duration_ms((3 * 365 + 41) * 86_400_000 + 3_600_000), "3y 41d");
+        assert_eq!(
+            duration_ms((3 * 365 + 41) * 86_400_000 + 3_600_000),
+            "3y 41d"
+        );
         assert_eq!(duration_ms(61_000), "1m 1s");
     }
 
@@ -264,7 +267,10 @@ mod tests {
     /// Enormous totals stay readable and never overflow.
     #[test]
     fn cpu_time_huge() {
-        assert_eq!(cpu_time_text(3_600.0 * 8760.0 * 1.0e6), "1,000,000 CPU-years");
+        assert_eq!(
+            cpu_time_text(3_600.0 * 8760.0 * 1.0e6),
+            "1,000,000 CPU-years"
+        );
         let (amount, unit) = cpu_time(f64::MAX);
         assert_eq!(unit, "CPU-years");
         assert!(amount.chars().all(|c| c.is_ascii_digit() || c == ','));
