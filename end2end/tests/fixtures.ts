@@ -1,0 +1,61 @@
+// Shared test setup: every page records console errors and warnings (a
+// hydration mismatch shows up there or as a page error) and cumulative
+// layout shift from the first paint on.
+import { test as base, expect, Page } from '@playwright/test';
+
+/// Marks a test that stops the server on purpose: failed requests are expected.
+export const NETWORK_ERRORS_EXPECTED = 'network-errors-expected';
+
+export const test = base.extend<{ problems: string[] }>({
+  problems: [
+    async ({ page }, use, testInfo) => {
+      const problems: string[] = [];
+      page.on('console', (message) => {
+        if (message.type() === 'error' || message.type() === 'warning') {
+          problems.push(`${message.type()}: ${message.text()}`);
+        }
+      });
+      page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
+      await page.addInitScript(() => {
+        const w = window as any;
+        w.__cls = 0;
+        w.__shifts = [];
+        new PerformanceObserver((list) => {
+          for (const entry of list.getEntries() as any[]) {
+            if (!entry.hadRecentInput) {
+              w.__cls += entry.value;
+              w.__shifts.push(entry.sources?.map((s: any) => s.node?.id || s.node?.className || s.node?.nodeName));
+            }
+          }
+        }).observe({ type: 'layout-shift', buffered: true });
+      });
+      await use(problems);
+      const allowNetwork = testInfo.annotations.some((a) => a.type === NETWORK_ERRORS_EXPECTED);
+      const real = problems.filter(
+        (p) => !(allowNetwork && /ERR_CONNECTION_REFUSED|Failed to load resource|Failed to fetch/i.test(p)),
+      );
+      expect(real, 'console errors, warnings and page errors').toEqual([]);
+    },
+    { auto: true },
+  ],
+});
+
+export { expect };
+
+/// Opens the page and waits until the hydrated page has polled once: proof
+/// that hydration finished and the live timer runs.
+export async function openLive(page: Page, url: string): Promise<void> {
+  const polled = page.waitForResponse((r) => r.url().includes('/sfn/network_stats') && r.ok(), { timeout: 20_000 });
+  await page.goto(url);
+  await polled;
+}
+
+/// A count as the page writes it: `1,234`.
+export function count(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+/// Cumulative layout shift so far.
+export async function cls(page: Page): Promise<{ value: number; shifts: unknown[] }> {
+  return page.evaluate(() => ({ value: (window as any).__cls, shifts: (window as any).__shifts }));
+}
