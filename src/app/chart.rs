@@ -89,11 +89,11 @@ pub fn describe(days: &[DailyBuilds]) -> String {
 
 /// Builds per day for the last [`CHART_DAYS`] days.
 #[component]
-pub fn DailyChart(days: RwSignal<Vec<DailyBuilds>>) -> impl IntoView {
+pub fn DailyChart(days: RwSignal<Vec<DailyBuilds>>) -> AnyView {
     let top = Memo::new(move |_| {
         nice_ceiling(
             days.with(|d| d.iter().map(|d| d.builds_finished).max().unwrap_or(0))
-                .max(4),
+                .max(10),
         )
     });
     let label = move |i: usize| {
@@ -198,6 +198,7 @@ pub fn DailyChart(days: RwSignal<Vec<DailyBuilds>>) -> impl IntoView {
             </details>
         </figure>
     }
+    .into_any()
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ impl Connection {
 /// The network section: counters, their status line, the pause control and
 /// the history chart.
 #[component]
-pub fn Network(first: Landing) -> impl IntoView {
+pub fn Network(first: Landing) -> AnyView {
     let Landing {
         stats,
         daily,
@@ -212,13 +212,13 @@ pub fn Network(first: Landing) -> impl IntoView {
             </div>
             <div class="figures" role="status" aria-live="polite">
                 <dl class="counters" aria-live="off">
-                    <Counter id="nodes-online" label="Nodes online" hint="machines seen in the last 2 minutes" value=f(|s| format::count(s.nodes_online))/>
+                    <Counter id="nodes-online" label="Nodes online" hint="seen in the last 2 minutes" value=f(|s| format::count(s.nodes_online))/>
                     <Counter id="builds-queued" label="Builds queued" hint="waiting for a machine" value=f(|s| format::count(s.builds_queued))/>
                     <Counter id="active-builds" label="Building now" hint="claimed or running" value=f(|s| format::count(s.active_builds))/>
-                    <Counter id="cores-busy" label="Cores busy now" hint="CPU cores working on builds" value=f(|s| format::cores(s.cpu_cores_busy))/>
+                    <Counter id="cores-busy" label="Cores busy now" hint="working on builds" value=f(|s| format::cores(s.cpu_cores_busy))/>
                     <Counter id="builds-today" label="Builds today (UTC)" hint="finished since 00:00 UTC" value=f(|s| format::count(s.builds_today))/>
                     <Counter id="total-builds" label="Total builds" hint="finished, ever" value=f(|s| format::count(s.total_builds))/>
-                    <Counter id="total-build-time" label="Total build time" hint="wall-clock time of finished builds" value=f(|s| format::duration_ms(s.total_build_time_ms))/>
+                    <Counter id="total-build-time" label="Total build time" hint="of finished builds" value=f(|s| format::duration_ms(s.total_build_time_ms))/>
                     <div class="counter">
                         <dt>"Total CPU time"</dt>
                         <dd class="figure">
@@ -226,7 +226,7 @@ pub fn Network(first: Landing) -> impl IntoView {
                             " "
                             <span class="unit">{move || stats.with(|s| format::cpu_time(s.total_cpu_seconds).1)}</span>
                         </dd>
-                        <dd class="hint">"given by volunteers, all builds"</dd>
+                        <dd class="hint">"given by volunteers"</dd>
                     </div>
                 </dl>
                 <p class="visually-hidden" id="announcement">{move || announcement.get()}</p>
@@ -234,6 +234,9 @@ pub fn Network(first: Landing) -> impl IntoView {
             <DailyChart days=daily/>
         </section>
     }
+    // Erased: the page's full view type is deeper than the compiler's default
+    // recursion limit when hydrating.
+    .into_any()
 }
 
 /// One figure with its label and a short explanation.

@@ -1,7 +1,8 @@
 //! Demo figures: a deterministic function of the time, with no I/O.
 //!
 //! The demo network is a synthetic history that started at [`START_MS`]:
-//! builds finish at a smooth rate that rises and falls once a UTC day, each
+//! builds finish at a smooth rate that grows slowly and rises and falls over
+//! the day, the week and a short ripple ([`CYCLES`]), each
 //! taking [`BUILD_MS`] and keeping [`BUILD_CORES`] cores busy. Every figure is
 //! then what SPEC's definitions give for that history, computed in closed
 //! form so any instant costs the same: totals are integrals of the rate (so
@@ -17,16 +18,11 @@ use crate::format::iso_day;
 
 /// When the demo network began: 2024-06-01 00:00 UTC.
 pub const START_MS: i64 = 1_717_200_000_000;
-/// Mean builds finished per second.
-const RATE_PER_S: f64 = 0.25;
-/// Relative swing of the rate over a day (peak at 15:00 UTC, trough at 03:00).
-const DAILY_SWING: f64 = 0.45;
-/// Seconds from midnight UTC to where the daily sine crosses zero upwards.
-const PHASE_S: f64 = 9.0 * 3600.0;
-/// Relative swing of a short ripple on top, so a visitor sees the figures move.
-const RIPPLE_SWING: f64 = 0.12;
-/// Period of the ripple, ms; it divides a day exactly, so days stay exact.
-const RIPPLE_MS: i64 = 48_000;
+/// Builds finished per second when the demo network began.
+const RATE_PER_S: f64 = 0.2;
+/// Relative growth of the base rate per year (more volunteers join).
+const GROWTH_PER_YEAR: f64 = 0.4;
+const YEAR_S: f64 = 365.0 * 86_400.0;
 /// How long each demo build takes.
 pub const BUILD_MS: i64 = 300_000;
 /// Cores each demo build keeps busy while it runs.
@@ -34,38 +30,81 @@ const BUILD_CORES: f64 = 1.6;
 /// One build in this many fails.
 const FAIL_EVERY: u64 = 23;
 const DAY_MS: i64 = 86_400_000;
-const DAY_S: f64 = 86_400.0;
 
-/// Angle of the daily cycle at `ms`.
-fn angle(ms: i64) -> f64 {
-    let seconds_of_day = ms.rem_euclid(DAY_MS) as f64 / 1000.0;
-    TAU * (seconds_of_day - PHASE_S) / DAY_S
+/// A periodic swing of the rate: `swing * sin(angle)`, relative to the base rate.
+struct Cycle {
+    /// Amplitude, relative to the base rate.
+    swing: f64,
+    /// Period, ms.
+    period_ms: i64,
+    /// Where (ms since the epoch, modulo the period) the sine crosses zero upwards.
+    offset_ms: i64,
 }
 
-/// Angle of the ripple at `ms`.
-fn ripple_angle(ms: i64) -> f64 {
-    TAU * ms.rem_euclid(RIPPLE_MS) as f64 / RIPPLE_MS as f64
+impl Cycle {
+    fn angle(&self, ms: i64) -> f64 {
+        TAU * (ms - self.offset_ms).rem_euclid(self.period_ms) as f64 / self.period_ms as f64
+    }
+
+    /// Its share of the rate at `ms`, builds per second.
+    fn rate(&self, ms: i64) -> f64 {
+        RATE_PER_S * self.swing * self.angle(ms).sin()
+    }
+
+    /// Its share of the builds finished from [`START_MS`] to `ms`: the
+    /// integral of [`Cycle::rate`], which only depends on the phase at the ends.
+    fn integral(&self, ms: i64) -> f64 {
+        let period_s = self.period_ms as f64 / 1000.0;
+        RATE_PER_S * self.swing * period_s / TAU
+            * (self.angle(START_MS).cos() - self.angle(ms).cos())
+    }
+}
+
+/// Busy afternoons (peak 15:00 UTC), quiet weekends (peak Wednesday noon,
+/// trough Sunday 00:00 UTC), and a 48 s ripple so a visitor sees the figures move.
+const CYCLES: [Cycle; 3] = [
+    Cycle {
+        swing: 0.45,
+        period_ms: DAY_MS,
+        offset_ms: 9 * 3_600_000,
+    },
+    // The epoch was a Thursday: Wednesday noon is 6.5 days on; the sine
+    // peaks a quarter period after its zero.
+    Cycle {
+        swing: 0.25,
+        period_ms: 7 * DAY_MS,
+        offset_ms: 4 * DAY_MS + 18 * 3_600_000,
+    },
+    Cycle {
+        swing: 0.12,
+        period_ms: 48_000,
+        offset_ms: 0,
+    },
+];
+
+/// Seconds since the demo network began (0 before).
+fn elapsed_s(ms: i64) -> f64 {
+    (ms - START_MS).max(0) as f64 / 1000.0
 }
 
 /// Builds finished per second at `ms`.
 fn rate(ms: i64) -> f64 {
-    RATE_PER_S * (1.0 + DAILY_SWING * angle(ms).sin() + RIPPLE_SWING * ripple_angle(ms).sin())
+    if ms <= START_MS {
+        return 0.0;
+    }
+    let base = RATE_PER_S * (1.0 + GROWTH_PER_YEAR * elapsed_s(ms) / YEAR_S);
+    base + CYCLES.iter().map(|c| c.rate(ms)).sum::<f64>()
 }
 
 /// Builds finished from [`START_MS`] to `ms` as a continuous amount: the
-/// integral of [`rate`]. Whole periods of both sines integrate to zero, so
-/// only the phase at either end matters, which keeps the value precise.
+/// integral of [`rate`], in closed form.
 fn finished_amount(ms: i64) -> f64 {
     if ms <= START_MS {
         return 0.0;
     }
-    let elapsed_s = (ms - START_MS) as f64 / 1000.0;
-    let omega = TAU / DAY_S;
-    let swing = RATE_PER_S * DAILY_SWING / omega * (angle(START_MS).cos() - angle(ms).cos());
-    let ripple_omega = TAU / (RIPPLE_MS as f64 / 1000.0);
-    let ripple = RATE_PER_S * RIPPLE_SWING / ripple_omega
-        * (ripple_angle(START_MS).cos() - ripple_angle(ms).cos());
-    RATE_PER_S * elapsed_s + swing + ripple
+    let e = elapsed_s(ms);
+    let base = RATE_PER_S * (e + GROWTH_PER_YEAR * e * e / (2.0 * YEAR_S));
+    base + CYCLES.iter().map(|c| c.integral(ms)).sum::<f64>()
 }
 
 /// Builds that finished by `ms`.
@@ -93,7 +132,7 @@ fn wobble(ms: i64, period_s: i64) -> f64 {
 
 /// Demo `NetworkStats` at `now_ms`.
 pub fn network_stats(now_ms: i64) -> NetworkStats {
-    let rate = if now_ms > START_MS { rate(now_ms) } else { 0.0 };
+    let rate = rate(now_ms);
     // Little's law: builds in progress = finishing rate * build time.
     let active = (rate * BUILD_MS as f64 / 1000.0).round() as u64;
     let idle = (12.0 + 3.0 * wobble(now_ms, 600)).round() as u64;
