@@ -12,8 +12,6 @@
 
 use leptos::prelude::*;
 use leptos_meta::MetaTags;
-use leptos_router::components::{Route, Router, Routes};
-use leptos_router::{path, SsrMode};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{DailyBuilds, NetworkStats};
@@ -90,33 +88,25 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
-/// The app: one page. The route renders asynchronously on the server so the
-/// first HTML already holds the figures (for visitors without JavaScript and
-/// for search engines), instead of streaming them in later.
+/// The app: one page, the same at every path, so it needs no router (which
+/// would cost the WASM bundle about 55 KB gzipped).
 #[component]
 pub fn App() -> impl IntoView {
-    view! {
-        <Router>
-            <Routes fallback=NotFound>
-                <Route path=path!("") view=Landing ssr=SsrMode::Async/>
-            </Routes>
-        </Router>
-    }
+    view! { <Landing/> }
 }
 
-/// Any other path.
-#[component]
-fn NotFound() -> impl IntoView {
-    view! {
-        <main class="page not-found">
-            <h1>"Page not found"</h1>
-            <p>
-                "There is nothing at this address. "
-                <a href="/">"Go to the Free Agent home page"</a>
-                "."
-            </p>
-        </main>
-    }
+/// The page's route for `leptos_routes_with_context`: rendered
+/// asynchronously, so the first HTML already holds the figures (for visitors
+/// without JavaScript and for search engines) instead of streaming them in
+/// by script. `generate_route_list(App)` would give out-of-order streaming.
+#[cfg(feature = "ssr")]
+pub fn routes() -> Vec<leptos_axum::AxumRouteListing> {
+    vec![leptos_axum::AxumRouteListing::new(
+        "/".to_string(),
+        leptos_router::SsrMode::Async,
+        [leptos_router::Method::Get],
+        vec![],
+    )]
 }
 
 /// The landing page.
