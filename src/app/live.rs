@@ -21,6 +21,8 @@ const ANNOUNCE_EVERY_MS: i64 = 30_000;
 /// Longest wait between polls while reconnecting.
 const MAX_BACKOFF_MS: u64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
+/// Timer ticks a poll may stay unanswered before it counts as failed.
+const STALLED_TICKS: u32 = 3;
 
 /// Wait before the next poll after `failures` failed polls in a row: the
 /// poll interval, doubling per failure up to eight times it (at most a
@@ -87,6 +89,8 @@ pub fn Network(first: Landing) -> AnyView {
     let failures = RwSignal::new(0u32);
     let announcement = RwSignal::new(String::new());
     let in_flight = StoredValue::new(false);
+    let waited_ticks = StoredValue::new(0u32);
+    let generation = StoredValue::new(0u64);
     let delay = Memo::new(move |_| backoff_ms(poll_interval_ms, failures.get()));
 
     let connection = Memo::new(move |_| {
@@ -99,13 +103,36 @@ pub fn Network(first: Landing) -> AnyView {
         }
     });
 
+    let lost_contact = move || {
+        if failures.get_untracked() == 0 {
+            announcement.set(
+                "Lost contact with the controller. Showing the last figures while reconnecting."
+                    .to_string(),
+            );
+        }
+        failures.update(|f| *f = f.saturating_add(1));
+    };
+
     let poll = move || {
         if in_flight.get_value() {
-            return;
+            // A request that never answers (a dropped connection) must not
+            // stop the page for good: after a few ticks give up on it.
+            let waited = waited_ticks.get_value() + 1;
+            waited_ticks.set_value(waited);
+            if waited < STALLED_TICKS {
+                return;
+            }
+            lost_contact();
         }
+        let mine = generation.get_value().wrapping_add(1);
+        generation.set_value(mine);
         in_flight.set_value(true);
+        waited_ticks.set_value(0);
         spawn_local(async move {
             let result = get_network_stats().await;
+            if generation.get_value() != mine {
+                return; // abandoned as stalled; a newer request is under way
+            }
             in_flight.set_value(false);
             if paused.get_untracked() {
                 return;
@@ -133,15 +160,7 @@ pub fn Network(first: Landing) -> AnyView {
                         }
                     }
                 }
-                Err(_) => {
-                    if failures.get_untracked() == 0 {
-                        announcement.set(
-                            "Lost contact with the controller. Showing the last figures while reconnecting."
-                                .to_string(),
-                        );
-                    }
-                    failures.update(|f| *f = f.saturating_add(1));
-                }
+                Err(_) => lost_contact(),
             }
         });
     };

@@ -6,6 +6,7 @@
 //! - [`live`]: the counters and the polling loop (pause, back-off, reconnect).
 //! - [`chart`]: builds per day as a server-rendered SVG with a table twin.
 //! - [`sections`]: the static prose (what it is, lend a machine, submit a build).
+//! - `ssr` (server only): the chart's days, cached like the figures.
 //!
 //! Every view renders the same HTML on server and browser: no branching on
 //! target or feature, times shown in UTC, numbers through [`crate::format`].
@@ -19,6 +20,8 @@ use crate::stats::{DailyBuilds, NetworkStats};
 mod chart;
 mod live;
 mod sections;
+#[cfg(feature = "ssr")]
+mod ssr;
 
 /// Days of history the chart shows.
 pub const CHART_DAYS: u32 = 30;
@@ -44,9 +47,7 @@ pub async fn get_landing() -> Result<Landing, ServerFnError> {
     let stats = crate::stats::ssr::current_stats(&state)
         .await
         .map_err(unavailable)?;
-    let daily = crate::stats::ssr::daily(&state, CHART_DAYS)
-        .await
-        .map_err(unavailable)?;
+    let daily = ssr::chart_days(&state).await.map_err(unavailable)?;
     let poll_interval_ms = u64::try_from(state.settings.poll_interval.as_millis())
         .unwrap_or(u64::MAX)
         .max(100);
