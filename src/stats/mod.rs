@@ -1,0 +1,76 @@
+//! Network statistics: the one `NetworkStats` type shared by the server, the
+//! REST route, the Leptos server function and the hydrated page; the pure
+//! CPU-seconds accounting; the demo generator; and (server only) how the
+//! totals are kept and read.
+
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub mod accounting;
+pub mod demo;
+#[cfg(feature = "ssr")]
+pub mod ssr;
+
+/// The figures the landing page and `GET /api/stats` show. SPEC "The
+/// statistics, exactly" defines each one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStats {
+    /// Workers seen within the online window.
+    pub nodes_online: u64,
+    /// Builds `pending`.
+    pub builds_queued: u64,
+    /// Builds `assigned` or `building`.
+    pub active_builds: u64,
+    /// Builds that reached `completed` or `failed` since 00:00 UTC today.
+    pub builds_today: u64,
+    /// Builds `completed` or `failed`, ever.
+    pub total_builds: u64,
+    /// Sum of `completedAt - startedAt` over finished builds that started.
+    pub total_build_time_ms: i64,
+    /// Sum of every build's CPU seconds, running ones too.
+    pub total_cpu_seconds: f64,
+    /// Sum over active builds of their newest fresh sample's cores in use.
+    pub cpu_cores_busy: f64,
+    /// When these figures were computed, ms since the epoch.
+    pub generated_at: i64,
+    /// True only in a build made with the `demo` feature.
+    pub demo: bool,
+}
+
+/// One UTC day of `GET /api/stats/daily`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyBuilds {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    /// Builds that finished that day (completed + failed).
+    pub builds_finished: u64,
+    /// Of those, the failed ones.
+    pub builds_failed: u64,
+    /// Their build time, ms.
+    pub build_time_ms: i64,
+    /// Their CPU seconds.
+    pub cpu_seconds: f64,
+}
+
+/// The network's figures, as the page polls them.
+#[server(prefix = "/sfn", endpoint = "network_stats")]
+pub async fn get_network_stats() -> Result<NetworkStats, ServerFnError> {
+    let state = expect_context::<crate::state::AppState>();
+    ssr::current_stats(&state)
+        .await
+        .map_err(|_| ServerFnError::new("statistics are unavailable right now"))
+}
+
+/// Builds per UTC day for the last `days` days (1..=365), oldest first.
+#[server(prefix = "/sfn", endpoint = "daily_builds")]
+pub async fn get_daily_builds(days: u32) -> Result<Vec<DailyBuilds>, ServerFnError> {
+    if !(1..=365).contains(&days) {
+        return Err(ServerFnError::new("days must be in 1..=365"));
+    }
+    let state = expect_context::<crate::state::AppState>();
+    ssr::daily(&state, days)
+        .await
+        .map_err(|_| ServerFnError::new("statistics are unavailable right now"))
+}
