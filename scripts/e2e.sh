@@ -39,7 +39,8 @@ command -v wasm-bindgen >/dev/null || cargo install wasm-bindgen-cli --version 0
 if [ -z "${E2E_SKIP_BUILD:-}" ]; then
   mkdir -p target/e2e
   # Demo first, so that target/release/freeagent ends up the real controller.
-  cargo leptos build --release --bin-features demo
+  # --bin-features replaces the metadata's list, so ssr is named again.
+  cargo leptos build --release --bin-features ssr --bin-features demo
   cp target/release/freeagent target/e2e/freeagent-demo
   cargo leptos build --release
   cp target/release/freeagent target/e2e/freeagent
