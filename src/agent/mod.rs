@@ -1,0 +1,453 @@
+//! The worker agent and the fleet simulator (SPEC "The worker agent").
+//! Shares only `crate::wire` with the server.
+//!
+//! - [`client`]: the REST calls, with timeouts and a tally of answers.
+//! - [`sampler`]: the build's process tree from `/proc` (pure parsing plus
+//!   one blocking reader run off the async runtime).
+//! - [`delivery`]: buffer, batches, backoff, circuit breaker.
+//! - [`runner`]: the worker loop: heartbeat, poll, start, run, complete.
+//! - [`simulate`]: many synthetic workers through the same client and
+//!   delivery code.
+
+pub mod client;
+pub mod delivery;
+pub mod runner;
+pub mod sampler;
+pub mod simulate;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::wire::RegisterWorker;
+use client::{CallError, Client, Tally};
+
+pub use simulate::SimulateArgs;
+
+/// Parses durations written like `5s`, `1m`, `500ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 5s, 1m or 500ms: {e}"))
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    // The controller takes whole seconds in 1..=300 as `intervalS`.
+    if d.subsec_nanos() != 0 || !(1..=300).contains(&d.as_secs()) {
+        return Err(format!(
+            "`{text}` must be whole seconds between 1s and 300s"
+        ));
+    }
+    Ok(d)
+}
+
+/// `freeagent agent`: run this machine as a worker, or `register` it.
+#[derive(Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentCommand {
+    /// `register`, or nothing to run the worker loop.
+    #[command(subcommand)]
+    pub action: Option<AgentAction>,
+
+    /// Flags of the worker loop.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Flags of `freeagent agent` (the worker loop).
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Controller URL, like https://builds.example.org.
+    #[arg(
+        long,
+        env = "FREEAGENT_CONTROLLER",
+        required = true,
+        value_name = "URL"
+    )]
+    pub controller: Option<String>,
+
+    /// Platform this machine builds (repeat or comma-separate for several);
+    /// a claimed build of another platform is reported failed.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "P")]
+    pub platform: Vec<String>,
+
+    /// Your build command, one shell line run with `sh -c` in a fresh work
+    /// directory with FREEAGENT_BUILD_ID, FREEAGENT_PLATFORM and
+    /// FREEAGENT_WORK_DIR set; exit status 0 is success.
+    #[arg(
+        long,
+        env = "FREEAGENT_BUILD_COMMAND",
+        required = true,
+        value_name = "CMD"
+    )]
+    pub build_command: Option<String>,
+
+    /// File holding this worker's token, written by `agent register`
+    /// [default: $XDG_CONFIG_HOME/freeagent/worker.token, else
+    /// ~/.config/freeagent/worker.token].
+    #[arg(long, env = "FREEAGENT_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// How often a running build's process tree is sampled (whole seconds,
+    /// 1s..=300s).
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Send no samples (for metered connections); everything else is unchanged.
+    #[arg(long)]
+    pub no_telemetry: bool,
+
+    /// How long to wait between polls when no build is waiting.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Folder under which each build gets a fresh work directory
+    /// [default: the system's temporary folder].
+    #[arg(long, value_name = "DIR")]
+    pub work_root: Option<PathBuf>,
+
+    /// Most unsent samples kept while the controller is unreachable; past it
+    /// the oldest are dropped (and counted).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub buffer_samples: u32,
+
+    /// Most samples in one telemetry post (1..=1000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_samples: u32,
+
+    /// How long the circuit breaker stays open (after 5 failed sends in a
+    /// row) before one probe tries again.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
+
+    /// Longest wait for unsent samples before reporting a build complete
+    /// (what is left keeps being sent afterwards).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub flush_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long the build's processes get to exit after
+    /// SIGTERM before they are killed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+}
+
+/// Subcommands of `freeagent agent`.
+#[derive(Subcommand, Clone, Debug)]
+pub enum AgentAction {
+    /// Register this machine (its cores and memory) with a controller and
+    /// store the worker token in a file readable only by you.
+    Register(RegisterArgs),
+}
+
+/// Flags of `freeagent agent register`.
+#[derive(Args, Clone, Debug)]
+pub struct RegisterArgs {
+    /// Controller URL, like https://builds.example.org.
+    #[arg(long, env = "FREEAGENT_CONTROLLER", value_name = "URL")]
+    pub controller: String,
+
+    /// The controller's admin key (ask the network's operator).
+    #[arg(
+        long,
+        env = "FREEAGENT_ADMIN_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub admin_key: String,
+
+    /// Name this worker shows under (1 to 64 characters).
+    #[arg(long, value_name = "N")]
+    pub name: String,
+
+    /// Platforms this machine builds, like linux or android (repeat or
+    /// comma-separate; up to 8).
+    #[arg(long, required = true, value_delimiter = ',', value_name = "P")]
+    pub platform: Vec<String>,
+
+    /// Where to write the token [default: $XDG_CONFIG_HOME/freeagent/worker.token,
+    /// else ~/.config/freeagent/worker.token].
+    #[arg(long, env = "FREEAGENT_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Why the agent or the simulator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A flag is missing or contradicts another.
+    #[error("{0}")]
+    Usage(String),
+    /// The token file could not be read or written.
+    #[error("token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The controller refused or could not be reached for a call the agent
+    /// cannot do without.
+    #[error("{what}: {source}")]
+    Controller {
+        /// The call.
+        what: &'static str,
+        /// Its failure.
+        #[source]
+        source: CallError,
+    },
+    /// The operating system refused something the agent needs.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the agent was doing.
+        what: &'static str,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the token lives when `--token-file` is not given.
+pub fn default_token_file() -> Result<PathBuf, AgentError> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })
+        .ok_or_else(|| {
+            AgentError::Usage("neither XDG_CONFIG_HOME nor HOME is set; pass --token-file".into())
+        })?;
+    Ok(config.join("freeagent").join("worker.token"))
+}
+
+fn token_path(given: Option<PathBuf>) -> Result<PathBuf, AgentError> {
+    match given {
+        Some(p) => Ok(p),
+        None => default_token_file(),
+    }
+}
+
+/// Writes `token` to `path` with mode 0600 (its folder 0700 when created).
+async fn write_token(path: &Path, token: &str) -> Result<(), AgentError> {
+    let path_buf = path.to_path_buf();
+    let token = token.to_string();
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        if let Some(dir) = path_buf.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path_buf)?;
+        // An existing file keeps its mode on open: tighten it explicitly.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(token.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    result.map_err(|source| AgentError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads the worker token from `path`.
+pub async fn read_token(path: &Path) -> Result<String, AgentError> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| AgentError::TokenFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(AgentError::Usage(format!(
+            "token file {} is empty; run `freeagent agent register`",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// Runs `freeagent agent`.
+pub async fn run(command: AgentCommand) -> Result<ExitCode, AgentError> {
+    match command.action {
+        Some(AgentAction::Register(args)) => register(args).await,
+        None => runner::run(command.run).await,
+    }
+}
+
+/// `freeagent agent register`: declares this machine and stores the token.
+async fn register(args: RegisterArgs) -> Result<ExitCode, AgentError> {
+    let path = token_path(args.token_file)?;
+    let cpu_cores = sampler::cpu_cores();
+    let memory_mb = sampler::memory_mb().await.ok_or_else(|| AgentError::Io {
+        what: "reading this machine's memory from /proc/meminfo",
+        source: std::io::Error::other("MemTotal not found"),
+    })?;
+    let client =
+        Client::new(&args.controller, &args.admin_key, Tally::default()).map_err(|source| {
+            AgentError::Controller {
+                what: "setting up the HTTP client",
+                source,
+            }
+        })?;
+    let body = RegisterWorker {
+        name: args.name,
+        platforms: args.platform,
+        cpu_cores,
+        memory_mb,
+    };
+    let registered = client
+        .register(&body)
+        .await
+        .map_err(|source| AgentError::Controller {
+            what: "registering this worker",
+            source,
+        })?;
+    write_token(&path, &registered.token).await?;
+    tracing::info!(
+        worker_id = registered.worker_id,
+        cpu_cores,
+        memory_mb,
+        "worker registered"
+    );
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `freeagent simulate`.
+pub async fn simulate(args: SimulateArgs) -> Result<ExitCode, AgentError> {
+    simulate::run(args).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+
+    #[derive(Subcommand, Debug)]
+    enum Top {
+        Agent(AgentCommand),
+        Simulate(SimulateArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<Top, clap::Error> {
+        Cli::try_parse_from(std::iter::once("freeagent").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    /// `agent register` needs none of the run flags; the run needs them.
+    #[test]
+    fn register_and_run_parse() {
+        let Top::Agent(cmd) = parse(&[
+            "agent",
+            "register",
+            "--controller",
+            "http://x",
+            "--admin-key",
+            "k",
+            "--name",
+            "n",
+            "--platform",
+            "linux,android",
+            "--platform",
+            "ios",
+        ])
+        .expect("parses") else {
+            panic!("agent")
+        };
+        let Some(AgentAction::Register(r)) = cmd.action else {
+            panic!("register")
+        };
+        assert_eq!(r.platform, vec!["linux", "android", "ios"]);
+
+        let Top::Agent(cmd) = parse(&[
+            "agent",
+            "--controller",
+            "http://x",
+            "--platform",
+            "linux",
+            "--build-command",
+            "make",
+            "--interval",
+            "1m",
+            "--no-telemetry",
+        ])
+        .expect("parses") else {
+            panic!("agent")
+        };
+        assert!(cmd.action.is_none());
+        assert_eq!(cmd.run.interval, Duration::from_secs(60));
+        assert!(cmd.run.no_telemetry);
+
+        assert!(parse(&["agent", "--platform", "linux"]).is_err());
+        assert!(parse(&[
+            "agent",
+            "--controller",
+            "http://x",
+            "--platform",
+            "linux",
+            "--build-command",
+            "make",
+            "--interval",
+            "500ms",
+        ])
+        .is_err());
+    }
+
+    /// Every flag has help text.
+    #[test]
+    fn every_flag_is_documented() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{:?}",
+                    sub.get_name(),
+                    arg.get_long()
+                );
+            }
+            for subsub in sub.get_subcommands() {
+                for arg in subsub.get_arguments() {
+                    assert!(arg.get_help().is_some(), "{:?}", arg.get_long());
+                }
+            }
+        }
+    }
+
+    /// The token file is written 0600 and read back.
+    #[tokio::test]
+    async fn token_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub").join("worker.token");
+        write_token(&path, "secret").await.expect("writes");
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(read_token(&path).await.expect("reads"), "secret");
+    }
+}

@@ -1,0 +1,774 @@
+//! The worker loop: heartbeat, poll, start, run the volunteer's command as
+//! its own process group while sampling it, flush, complete.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::client::{CallError, Client, Tally};
+use super::delivery::{backoff_delay, Delivery, DeliveryConfig, DeliveryStats};
+use super::sampler::{self, CpuMeter, Units};
+use super::{read_token, token_path, AgentError, RunArgs};
+use crate::wire::{ClaimedBuild, CompleteBuild, Snapshot};
+
+/// How often the worker says it is alive, builds or not.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// Longest the agent keeps retrying `start` or `complete` of one build.
+const REPORT_PATIENCE: Duration = Duration::from_secs(600);
+/// Most characters of `error` the controller accepts.
+const ERROR_MAX_CHARS: usize = 4000;
+/// Bytes of the build's output read for the tail.
+const TAIL_BYTES: u64 = 16 * 1024;
+
+/// Milliseconds since the epoch on this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Set once SIGINT or SIGTERM arrived.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Listens for SIGINT and SIGTERM (and fires after `deadline`, if any).
+    pub fn install(deadline: Option<Duration>) -> Result<Self, AgentError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let io = |source| AgentError::Io {
+            what: "installing signal handlers",
+            source,
+        };
+        let mut term = signal(SignalKind::terminate()).map_err(io)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let limit = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::warn!(signal = "SIGTERM", "stopping: no new builds; ending the running one"),
+                _ = int.recv() => tracing::warn!(signal = "SIGINT", "stopping: no new builds; ending the running one"),
+                _ = limit => tracing::info!("duration reached; stopping"),
+            }
+            let _ = tx.send(true);
+            // Keep the receivers' view alive until the process ends.
+            std::future::pending::<()>().await;
+        });
+        Ok(Shutdown { rx })
+    }
+
+    /// True once a signal arrived.
+    pub fn is_set(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Waits for the signal.
+    pub async fn wait(&mut self) {
+        // An error means the sender is gone: then no signal will ever come.
+        if self.rx.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Sleeps `d`; returns false if the signal came first.
+    pub async fn sleep(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.wait() => false,
+        }
+    }
+}
+
+/// Everything a build run needs.
+struct Worker {
+    client: Client,
+    args: RunArgs,
+    command: String,
+    cores: u32,
+    memory_mb: f64,
+    units: Units,
+    work_root: PathBuf,
+    shutdown: Shutdown,
+    /// Deliveries still sending a finished build's backlog.
+    backlog: Vec<(Delivery, JoinHandle<DeliveryStats>)>,
+}
+
+/// How a build ended, from the agent's side.
+#[derive(Debug, Default)]
+struct Ran {
+    /// The signal cut it short: it was not reported complete.
+    cut_short: bool,
+}
+
+/// Runs the worker loop until SIGINT/SIGTERM.
+pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
+    let controller = args
+        .controller
+        .clone()
+        .ok_or_else(|| AgentError::Usage("--controller is required".into()))?;
+    let command = args
+        .build_command
+        .clone()
+        .ok_or_else(|| AgentError::Usage("--build-command is required".into()))?;
+    if args.platform.is_empty() {
+        return Err(AgentError::Usage("--platform is required".into()));
+    }
+    let token_file = token_path(args.token_file.clone())?;
+    let token = read_token(&token_file).await?;
+    let client = Client::new(&controller, &token, Tally::default()).map_err(|source| {
+        AgentError::Controller {
+            what: "setting up the HTTP client",
+            source,
+        }
+    })?;
+    let shutdown = Shutdown::install(None)?;
+
+    // A refused token is fatal and better said at once than on every poll.
+    match client.heartbeat().await {
+        Err(e @ CallError::Status { status, .. })
+            if status.is_client_error() && status.as_u16() != 429 =>
+        {
+            return Err(AgentError::Controller {
+                what: "the controller refused this worker's token (register again?)",
+                source: e,
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "controller not reachable yet; will keep trying"),
+        Ok(_) => {}
+    }
+    let heartbeat = tokio::spawn(heartbeat_loop(client.clone(), shutdown.clone()));
+
+    let work_root = match &args.work_root {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("freeagent-work-{}", std::process::id())),
+    };
+    let memory_mb = sampler::memory_mb().await.unwrap_or(16_777_216) as f64;
+    let mut worker = Worker {
+        client,
+        command,
+        cores: sampler::cpu_cores(),
+        memory_mb,
+        units: Units::of_this_machine(),
+        work_root,
+        shutdown,
+        backlog: Vec::new(),
+        args,
+    };
+    tracing::info!(
+        controller = %controller,
+        platforms = ?worker.args.platform,
+        interval_s = worker.args.interval.as_secs(),
+        telemetry = !worker.args.no_telemetry,
+        cpu_cores = worker.cores,
+        "worker started"
+    );
+    let result = worker.poll_loop().await;
+    heartbeat.abort();
+    worker.drain_backlog().await;
+    let _ = remove_dir(worker.work_root.clone()).await;
+    let cut_short = result?;
+    tracing::info!(cut_short, "worker stopped");
+    Ok(if cut_short {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn heartbeat_loop(client: Client, mut shutdown: Shutdown) {
+    let mut failing = false;
+    loop {
+        if !shutdown.sleep(HEARTBEAT_EVERY).await {
+            return;
+        }
+        match client.heartbeat().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("heartbeat answered again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Worker {
+    fn delivery_config(&self) -> DeliveryConfig {
+        DeliveryConfig {
+            buffer_samples: self.args.buffer_samples as usize,
+            batch_samples: self.args.batch_samples as usize,
+            breaker_cooldown: self.args.breaker_cooldown,
+            ..DeliveryConfig::default()
+        }
+    }
+
+    /// Polls and runs builds until the signal; returns whether a build was
+    /// cut short.
+    async fn poll_loop(&mut self) -> Result<bool, AgentError> {
+        let mut failures = 0u32;
+        while !self.shutdown.is_set() {
+            self.backlog.retain(|(_, task)| !task.is_finished());
+            match self.client.poll().await {
+                Ok(Some(build)) => {
+                    failures = 0;
+                    if self.run_build(build).await.cut_short {
+                        return Ok(true);
+                    }
+                }
+                Ok(None) => {
+                    failures = 0;
+                    let wait = self.args.poll_interval;
+                    self.shutdown.sleep(wait).await;
+                }
+                Err(e) if !e.is_retryable() => {
+                    return Err(AgentError::Controller {
+                        what: "polling for builds",
+                        source: e,
+                    });
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = retry_delay(failures)
+                        .max(self.args.poll_interval.min(Duration::from_secs(1)));
+                    tracing::warn!(error = %e, failures, delay_ms = delay.as_millis() as u64, "poll failed");
+                    self.shutdown.sleep(delay).await;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn drain_backlog(&mut self) {
+        let limit = self.args.flush_timeout;
+        let flushes = self.backlog.iter().map(|(d, _)| d.flush(limit));
+        let left: usize = futures::future::join_all(flushes).await.into_iter().sum();
+        if left > 0 {
+            tracing::warn!(
+                samples = left,
+                "exiting with samples the controller never acknowledged"
+            );
+        }
+        for (_, task) in self.backlog.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Retries `call` while it fails in a retryable way, up to
+    /// `REPORT_PATIENCE`; gives up early on the signal unless `through_signal`.
+    async fn report<F, Fut>(
+        &mut self,
+        what: &'static str,
+        build: i64,
+        through_signal: bool,
+        mut call: F,
+    ) -> Result<(), CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), CallError>>,
+    {
+        let deadline = Instant::now() + REPORT_PATIENCE;
+        let mut failures = 0;
+        loop {
+            match call().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    failures += 1;
+                    let delay = match &e {
+                        CallError::Status {
+                            retry_after: Some(d),
+                            ..
+                        } => *d,
+                        _ => retry_delay(failures),
+                    };
+                    tracing::warn!(build_id = build, call = what, error = %e, delay_ms = delay.as_millis() as u64, "call failed; retrying");
+                    if through_signal {
+                        tokio::time::sleep(delay).await;
+                    } else if !self.shutdown.sleep(delay).await {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn run_build(&mut self, build: ClaimedBuild) -> Ran {
+        let id = build.id;
+        tracing::info!(build_id = id, platform = %build.platform, attempt = build.attempt, "claimed a build");
+        if !self.args.platform.contains(&build.platform) {
+            let error = format!(
+                "this worker's agent was started for platforms {:?}, not {}; register it with the platforms its build command builds",
+                self.args.platform, build.platform
+            );
+            tracing::warn!(build_id = id, platform = %build.platform, "claimed a build of a platform this agent does not run");
+            let client = self.client.clone();
+            let _ = self.report("start", id, false, || client.start(id)).await;
+            self.complete(
+                id,
+                CompleteBuild {
+                    success: false,
+                    error: Some(error),
+                },
+            )
+            .await;
+            return Ran::default();
+        }
+        let client = self.client.clone();
+        if let Err(e) = self.report("start", id, false, || client.start(id)).await {
+            tracing::warn!(build_id = id, error = %e, "could not start the build; skipping it");
+            return Ran {
+                cut_short: self.shutdown.is_set(),
+            };
+        }
+
+        let name = format!("build-{id}-{}", build.attempt);
+        let work_dir = self.work_root.join(&name);
+        let log_path = self.work_root.join(format!("{name}.log"));
+        let spawn = {
+            let (cmd, work_dir, log_path) =
+                (self.command.clone(), work_dir.clone(), log_path.clone());
+            let platform = build.platform.clone();
+            tokio::task::spawn_blocking(move || {
+                spawn_build(&cmd, id, &platform, &work_dir, &log_path)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        let pid = match spawn {
+            Ok(pid) => pid,
+            Err(e) => {
+                tracing::error!(build_id = id, error = %e, "could not start the build command");
+                let error = format!("the worker could not start its build command: {e}");
+                self.complete(
+                    id,
+                    CompleteBuild {
+                        success: false,
+                        error: Some(error),
+                    },
+                )
+                .await;
+                return Ran::default();
+            }
+        };
+        tracing::info!(build_id = id, pid, work_dir = %work_dir.display(), "build command started");
+
+        let delivery = if self.args.no_telemetry {
+            None
+        } else {
+            Some(Delivery::start(
+                self.client.clone(),
+                id,
+                self.delivery_config(),
+            ))
+        };
+        let (ended, meter, seq) = self
+            .watch_build(id, pid, delivery.as_ref().map(|(d, _)| d))
+            .await;
+        let cut_short = self.shutdown.is_set() && ended.cut;
+
+        // Leftovers of a finished command (daemons it started) end with it;
+        // a cut build's processes were already asked to stop.
+        end_group(pid, self.args.kill_grace).await;
+
+        let mut stats = DeliveryStats::default();
+        if let Some((delivery, task)) = delivery {
+            delivery.close();
+            let left = delivery.flush(self.args.flush_timeout).await;
+            if left > 0 {
+                tracing::warn!(
+                    build_id = id,
+                    samples = left,
+                    "flush timed out; delivering the rest in the background"
+                );
+                stats = delivery.stats();
+                self.backlog.push((delivery, task));
+            } else {
+                stats = task.await.unwrap_or_else(|_| delivery.stats());
+            }
+        }
+
+        let success = !cut_short && ended.status.success();
+        if cut_short {
+            tracing::warn!(
+                build_id = id,
+                last_seq = seq,
+                "build cut short by the signal; not reported complete, so the controller hands it out again after its lease"
+            );
+        } else {
+            let error = if success {
+                None
+            } else {
+                Some(failure_text(&ended.status, &read_tail(&log_path).await))
+            };
+            self.complete(id, CompleteBuild { success, error }).await;
+        }
+        tracing::info!(
+            build_id = id,
+            success,
+            status = %ended.status,
+            last_seq = seq,
+            cpu_time_s = meter.counter(),
+            kernel_cpu_time_s = ended.cpu_time_s,
+            accepted = stats.accepted,
+            duplicates = stats.duplicates,
+            rejected = stats.rejected,
+            dropped = stats.dropped_full + stats.dropped_refused,
+            rate_limited = stats.rate_limited,
+            "build finished"
+        );
+        let _ = remove_dir(work_dir).await;
+        let _ = tokio::fs::remove_file(&log_path).await;
+        Ran { cut_short }
+    }
+
+    /// Samples the build until its command exits (ending it on the signal);
+    /// returns how it ended, the meter and the last `seq`.
+    async fn watch_build(
+        &mut self,
+        id: i64,
+        pid: i32,
+        delivery: Option<&Delivery>,
+    ) -> (Ended, CpuMeter, i64) {
+        let interval = self.args.interval;
+        let mut waiter = tokio::task::spawn_blocking(move || wait_child(pid));
+        let mut meter = CpuMeter::new(self.cores);
+        let mut seq = 0i64;
+        let mut last = Instant::now();
+        let mut memory_mb = 0.0;
+        let mut ticker = tokio::time::interval_at(last + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown.clone();
+        let mut stopping: Option<JoinHandle<()>> = None;
+        let units = self.units;
+        let mut ended = loop {
+            tokio::select! {
+                result = &mut waiter => {
+                    break result.unwrap_or_else(|e| Ended::unknown(format!("waiting for the build failed: {e}")));
+                }
+                _ = ticker.tick() => {
+                    let reading = tokio::task::spawn_blocking(move || sampler::read_tree(pid, units)).await;
+                    let now = Instant::now();
+                    match reading {
+                        Ok(Ok(reading)) => {
+                            let wall = now.duration_since(last).as_secs_f64();
+                            last = now;
+                            let (counter, percent) = meter.observe(reading.cpu_time_s, wall);
+                            memory_mb = reading.memory_mb.min(self.memory_mb);
+                            seq += 1;
+                            tracing::debug!(build_id = id, seq, processes = reading.processes, cpu_time_s = counter, cpu_percent = percent, memory_mb, "sampled");
+                            if let Some(d) = delivery {
+                                d.push(sample(seq, counter, percent, memory_mb, interval));
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!(build_id = id, error = %e, "could not read /proc; sample skipped"),
+                        Err(e) => tracing::warn!(build_id = id, error = %e, "sampler task failed; sample skipped"),
+                    }
+                }
+                _ = shutdown.wait(), if stopping.is_none() => {
+                    tracing::warn!(build_id = id, pid, "ending the build's process group");
+                    stopping = Some(tokio::spawn(end_group(pid, self.args.kill_grace)));
+                }
+            }
+        };
+        ended.cut = stopping.is_some();
+        // The command has exited and was reaped: its rusage holds the CPU
+        // time of everything it waited for, exactly.
+        let wall = Instant::now().duration_since(last).as_secs_f64();
+        let (counter, percent) = meter.observe(ended.cpu_time_s, wall);
+        seq += 1;
+        if let Some(d) = delivery {
+            d.push(sample(seq, counter, percent, memory_mb, interval));
+        }
+        if let Some(task) = stopping {
+            let _ = task.await;
+        }
+        (ended, meter, seq)
+    }
+
+    async fn complete(&mut self, id: i64, body: CompleteBuild) {
+        let client = self.client.clone();
+        let result = self
+            .report("complete", id, true, || {
+                let (client, body) = (client.clone(), body.clone());
+                async move { client.complete(id, &body).await }
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(build_id = id, error = %e, "could not report the build complete");
+        }
+    }
+}
+
+fn sample(
+    seq: i64,
+    cpu_time_s: f64,
+    cpu_percent: f64,
+    memory_mb: f64,
+    interval: Duration,
+) -> Snapshot {
+    Snapshot {
+        seq,
+        sampled_at: now_ms(),
+        cpu_percent,
+        memory_mb,
+        cpu_time_s: Some(cpu_time_s),
+        interval_s: i64::try_from(interval.as_secs())
+            .unwrap_or(300)
+            .clamp(1, 300),
+    }
+}
+
+fn retry_delay(failures: u32) -> Duration {
+    backoff_delay(
+        failures,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+        rand::thread_rng().gen_range(0.5..=1.0),
+    )
+}
+
+/// How the build command ended.
+#[derive(Debug)]
+struct Ended {
+    status: ExitStatus,
+    /// User + system seconds of the command and everything it waited for.
+    cpu_time_s: f64,
+    /// Ended by the agent's signal handling.
+    cut: bool,
+}
+
+impl Ended {
+    fn unknown(why: String) -> Self {
+        Ended {
+            status: ExitStatus::Unknown(why),
+            cpu_time_s: 0.0,
+            cut: false,
+        }
+    }
+}
+
+/// Exit status of the build command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Could not be learned.
+    Unknown(String),
+}
+
+impl ExitStatus {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
+            ExitStatus::Unknown(why) => write!(f, "unknown exit status ({why})"),
+        }
+    }
+}
+
+/// The `error` of a failed build: its status, then as much of the end of
+/// its output as fits in the controller's 4000 characters.
+pub fn failure_text(status: &ExitStatus, output: &str) -> String {
+    let head = format!("{status}");
+    let output = output.trim_end();
+    if output.is_empty() {
+        return head;
+    }
+    let head = format!("{head}; last output:\n");
+    let room = ERROR_MAX_CHARS.saturating_sub(head.chars().count());
+    let count = output.chars().count();
+    let tail: String = output.chars().skip(count.saturating_sub(room)).collect();
+    format!("{head}{tail}")
+}
+
+async fn read_tail(path: &Path) -> String {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default()
+}
+
+async fn remove_dir(dir: PathBuf) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(&dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a fresh work directory and starts `sh -c cmd` in it as the leader
+/// of its own process group, output to `log`. Blocking.
+fn spawn_build(
+    cmd: &str,
+    id: i64,
+    platform: &str,
+    work_dir: &Path,
+    log: &Path,
+) -> std::io::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    if work_dir.exists() {
+        std::fs::remove_dir_all(work_dir)?;
+    }
+    std::fs::create_dir_all(work_dir)?;
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(work_dir)
+        .env("FREEAGENT_BUILD_ID", id.to_string())
+        .env("FREEAGENT_PLATFORM", platform)
+        .env("FREEAGENT_WORK_DIR", work_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()?;
+    // The child is waited for with wait4 (for its rusage), not through std.
+    i32::try_from(child.id()).map_err(std::io::Error::other)
+}
+
+/// Waits for `pid` with `wait4`, returning its status and the CPU time of
+/// it and every descendant it waited for. Blocking.
+fn wait_child(pid: i32) -> Ended {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our own child; the pointers are to live locals.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Ended::unknown(err.to_string());
+        }
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let exit = if libc::WIFEXITED(status) {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Unknown(format!("wait status {status}"))
+    };
+    Ended {
+        status: exit,
+        cpu_time_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        cut: false,
+    }
+}
+
+fn signal_all(pgid: i32, pids: &[i32], signal: libc::c_int) {
+    // SAFETY: plain syscalls; ESRCH (already gone) is expected and ignored.
+    unsafe {
+        libc::killpg(pgid, signal);
+        for &pid in pids {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// Ends every process of the build: SIGTERM to its group and tree, then
+/// SIGKILL to whatever is left after `grace`.
+async fn end_group(pgid: i32, grace: Duration) {
+    let scan = move || tokio::task::spawn_blocking(move || sampler::tree_pids(pgid));
+    let pids = scan().await.unwrap_or_default();
+    if pids.is_empty() {
+        return;
+    }
+    tracing::info!(
+        pgid,
+        processes = pids.len(),
+        "sending SIGTERM to the build's processes"
+    );
+    signal_all(pgid, &pids, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if scan().await.map(|p| p.is_empty()).unwrap_or(false) {
+            return;
+        }
+    }
+    let left = scan().await.unwrap_or_default();
+    tracing::warn!(
+        pgid,
+        processes = left.len(),
+        "build processes outlived SIGTERM; sending SIGKILL"
+    );
+    signal_all(pgid, &pids, libc::SIGKILL);
+    signal_all(pgid, &left, libc::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure's text starts with its status and keeps the end of the
+    /// output within 4000 characters, counting characters, not bytes.
+    #[test]
+    fn failure_text_keeps_the_tail() {
+        assert_eq!(failure_text(&ExitStatus::Code(2), ""), "exit status 2");
+        assert_eq!(
+            failure_text(&ExitStatus::Signal(9), "boom\n"),
+            "killed by signal 9; last output:\nboom"
+        );
+        let long = format!("{}END", "é".repeat(10_000));
+        let text = failure_text(&ExitStatus::Code(1), &long);
+        assert_eq!(text.chars().count(), ERROR_MAX_CHARS);
+        assert!(text.starts_with("exit status 1; last output:\n"));
+        assert!(text.ends_with("éEND"));
+    }
+
+    /// A command's exit code, its CPU time (children included) and its
+    /// output come back through wait4.
+    #[tokio::test]
+    async fn spawns_and_waits_with_rusage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = dir.path().join("w");
+        let log = dir.path().join("w.log");
+        let cmd = "echo \"$FREEAGENT_BUILD_ID $FREEAGENT_PLATFORM\"; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sh -c 'exit 3'";
+        let pid = spawn_build(cmd, 7, "linux", &work, &log).expect("spawns");
+        let ended = tokio::task::spawn_blocking(move || wait_child(pid))
+            .await
+            .expect("joins");
+        assert_eq!(ended.status, ExitStatus::Code(3));
+        assert!(ended.cpu_time_s > 0.05, "{}", ended.cpu_time_s);
+        assert_eq!(read_tail(&log).await, "7 linux\n");
+    }
+}
