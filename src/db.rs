@@ -62,12 +62,18 @@ pub fn ensure_parent_dir(url: &str) -> std::io::Result<()> {
     }
 }
 
+/// One connection to the database, created and migrated when needed.
+pub async fn connect(url: &str) -> std::result::Result<SqliteConnection, sqlx::Error> {
+    ensure_parent_dir(url).map_err(sqlx::Error::Io)?;
+    let mut conn = SqliteConnection::connect_with(&connect_options(url)?).await?;
+    sqlx::migrate!().run(&mut conn).await?;
+    Ok(conn)
+}
+
 /// Opens (creating and migrating when needed) the database and starts the writer.
 pub async fn open(url: &str) -> std::result::Result<Database, sqlx::Error> {
-    ensure_parent_dir(url).map_err(sqlx::Error::Io)?;
+    let write_conn = connect(url).await?;
     let options = connect_options(url)?;
-    let mut write_conn = SqliteConnection::connect_with(&options).await?;
-    sqlx::migrate!().run(&mut write_conn).await?;
     let reads = SqlitePoolOptions::new()
         .max_connections(4)
         .min_connections(1)

@@ -242,3 +242,41 @@ mod tests {
         assert_eq!(day_label(-1), "1969-12-31");
     }
 }
+
+/// REST routes of the statistics.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/api/stats", get(stats_route))
+        .route("/api/stats/daily", get(daily_route))
+}
+
+async fn stats_route(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<axum::Json<NetworkStats>> {
+    Ok(axum::Json(current_stats(&state).await?))
+}
+
+/// Query of `GET /api/stats/daily`.
+#[derive(serde::Deserialize)]
+struct DailyQuery {
+    days: Option<String>,
+}
+
+async fn daily_route(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<DailyQuery>,
+) -> Result<axum::Json<Vec<DailyBuilds>>> {
+    use crate::error::AppError;
+    let days = match query.days {
+        None => 30,
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| AppError::BadRequest("days must be a whole number".into()))?,
+    };
+    if !(1..=365).contains(&days) {
+        return Err(AppError::Invalid("days must be in 1..=365".into()));
+    }
+    Ok(axum::Json(daily(&state, days as u32).await?))
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Free Agent needs, and only what
+# is missing (safe to run again): the wasm32 target, cargo-leptos, the
+# wasm-bindgen CLI matching the crate's pinned wasm-bindgen, Chromium and wrk
+# from Debian, and the npm packages of end2end/ (Playwright without a browser
+# download; binaryen's wasm-opt, because Debian's breaks hydration).
+# Needs only the Rust toolchain, cargo, npm and apt. Nothing comes from GitHub.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export PATH="$HOME/.cargo/bin:$PATH"
+
+LEPTOS_VERSION=0.3.11
+BINDGEN_VERSION=0.2.130
+# cargo-leptos' locked dependencies need a newer rustc than some machines have.
+INSTALL_TOOLCHAIN=1.96.0
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  log "apt-get install $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v npm >/dev/null || missing+=(nodejs npm)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
+  || { log "adding the wasm32 target"; rustup target add wasm32-unknown-unknown; }
+
+ensure_install_toolchain() {
+  rustup toolchain list | grep -q "^$INSTALL_TOOLCHAIN" \
+    || rustup toolchain install "$INSTALL_TOOLCHAIN" --profile minimal
+}
+
+if ! cargo-leptos --version 2>/dev/null | grep -q "$LEPTOS_VERSION"; then
+  log "installing cargo-leptos $LEPTOS_VERSION (about 20 minutes, once)"
+  ensure_install_toolchain
+  cargo "+$INSTALL_TOOLCHAIN" install cargo-leptos --version "$LEPTOS_VERSION" --locked --features no_downloads
+fi
+
+if ! wasm-bindgen --version 2>/dev/null | grep -q "$BINDGEN_VERSION"; then
+  log "installing wasm-bindgen-cli $BINDGEN_VERSION"
+  ensure_install_toolchain
+  # Its lock file names a webpki-roots release that was yanked: unpack the
+  # crate and pin the release before it.
+  cargo "+$INSTALL_TOOLCHAIN" install wasm-bindgen-cli --version "$BINDGEN_VERSION" --locked >/dev/null 2>&1 || true
+  if ! wasm-bindgen --version 2>/dev/null | grep -q "$BINDGEN_VERSION"; then
+    crate=$(ls "$HOME"/.cargo/registry/cache/*/wasm-bindgen-cli-"$BINDGEN_VERSION".crate | head -n1)
+    src=$(mktemp -d)
+    tar xzf "$crate" -C "$src"
+    (cd "$src/wasm-bindgen-cli-$BINDGEN_VERSION" \
+      && cargo "+$INSTALL_TOOLCHAIN" update -p webpki-roots --precise 1.0.10 \
+      && cargo "+$INSTALL_TOOLCHAIN" install --path . --locked)
+    rm -rf "$src"
+  fi
+fi
+
+if [ ! -x end2end/node_modules/.bin/playwright ] || [ ! -x end2end/node_modules/.bin/wasm-opt ]; then
+  log "installing end2end npm packages"
+  (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+log "ready"

@@ -1,0 +1,93 @@
+//! The binary's edge: subcommands, logging, the runtime, shutdown signals.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::agent::{AgentCommand, SimulateArgs};
+use crate::config::{PurgeArgs, ServeArgs};
+
+/// Free Agent: the controller of a volunteer build network, and its worker agent.
+#[derive(Parser, Debug)]
+#[command(name = "freeagent", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller: REST API, landing page, background tasks (default).
+    Serve(ServeArgs),
+    /// Delete raw samples and events older than the retention period, once.
+    Purge(PurgeArgs),
+    /// Run the worker agent, or register this machine (`agent register`).
+    Agent(AgentCommand),
+    /// Drive a controller with a fleet of simulated workers.
+    Simulate(SimulateArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Purge(args)) => {
+            let rows = crate::retention::purge(&args.database_url, args.retention_days)
+                .await
+                .context("purging old raw rows")?;
+            println!("removed {rows} rows");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Agent(command)) => Ok(crate::agent::run(command).await?),
+        Some(Command::Simulate(args)) => Ok(crate::agent::simulate(args).await?),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    crate::server::serve(listener, args, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,588 @@
+//! Telemetry: the route, per-sample validation, and storage of samples with
+//! the per-build and network-wide figures they change, in one transaction.
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::FutureExt;
+use serde_json::{Map, Value};
+use sqlx::SqliteConnection;
+
+use crate::auth::{BuildReader, Worker};
+use crate::body::{parse_json, read_limited};
+use crate::db::now_ms;
+use crate::error::{AppError, Result};
+use crate::fleet::{authorize_reader, load_build, parse_build_id, status, BuildRow};
+use crate::state::{lock, AppState, Bucket, WorkerIdentity};
+use crate::stats::accounting::{build_cpu_micros, counter_micros, percent_sample_micros};
+use crate::stats::ssr::{adjust_day, adjust_totals, day_of, DayDelta, TotalsDelta};
+use crate::wire::{Rejection, Snapshot, TelemetryAnswer};
+
+/// Largest telemetry body.
+pub const TELEMETRY_BODY_LIMIT: usize = 256 * 1024;
+/// Most samples in one batch.
+pub const MAX_BATCH: usize = 1000;
+/// Largest `data` of a legacy event, serialized.
+pub const MAX_EVENT_DATA: usize = 4 * 1024;
+/// How far `sampledAt` may lie before the assignment or ahead of our clock.
+const CLOCK_SLACK_MS: i64 = 60_000;
+const DEFAULT_INTERVAL_S: i64 = 5;
+
+/// Routes of this domain.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/builds/{id}/telemetry", post(telemetry))
+        .route("/api/builds/{id}/snapshots", get(snapshots))
+}
+
+/// What a telemetry body asks for.
+#[derive(Debug)]
+pub enum TelemetryBody {
+    /// Samples, each already type-checked or rejected.
+    Samples(Vec<std::result::Result<Snapshot, String>>),
+    /// A legacy event that is not a sample.
+    Event {
+        /// The event's `type`.
+        kind: String,
+        /// Its time, ms (the controller's clock when it had none).
+        at: i64,
+        /// Its `data`, serialized.
+        data: String,
+    },
+}
+
+fn number(sample: &Map<String, Value>, field: &str) -> std::result::Result<Option<f64>, String> {
+    match sample.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(x) if x.is_finite() => Ok(Some(x)),
+            _ => Err(format!("{field} must be a finite number")),
+        },
+        Some(_) => Err(format!("{field} must be a number, not a string or other type")),
+    }
+}
+
+fn required_number(sample: &Map<String, Value>, field: &str) -> std::result::Result<f64, String> {
+    number(sample, field)?.ok_or_else(|| format!("{field} is required"))
+}
+
+fn integer(sample: &Map<String, Value>, field: &str) -> std::result::Result<Option<i64>, String> {
+    match sample.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(x)) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                Ok(Some(x as i64))
+            }
+            _ => Err(format!("{field} must be an integer")),
+        },
+        Some(_) => Err(format!("{field} must be an integer, not a string or other type")),
+    }
+}
+
+/// Type-checks one sample of the current format.
+pub fn parse_sample(value: &Value) -> std::result::Result<Snapshot, String> {
+    let sample = value
+        .as_object()
+        .ok_or_else(|| "a sample must be a JSON object".to_string())?;
+    Ok(Snapshot {
+        seq: integer(sample, "seq")?.ok_or("seq is required")?,
+        sampled_at: integer(sample, "sampledAt")?.ok_or("sampledAt is required")?,
+        cpu_percent: required_number(sample, "cpuPercent")?,
+        memory_mb: required_number(sample, "memoryMb")?,
+        cpu_time_s: number(sample, "cpuTimeS")?,
+        interval_s: integer(sample, "intervalS")?.unwrap_or(DEFAULT_INTERVAL_S),
+    })
+}
+
+fn parse_timestamp(text: &str) -> Option<i64> {
+    let parsed =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// Reads the legacy Swift worker's body: `cpu_snapshot` is one sample whose
+/// seq is its timestamp in whole seconds; any other type is an event.
+fn parse_legacy(body: &Map<String, Value>, kind: &str, now: i64) -> Result<TelemetryBody> {
+    let data = body.get("data").cloned().unwrap_or(Value::Null);
+    let timestamp = body.get("timestamp").and_then(Value::as_str).and_then(parse_timestamp);
+    if kind != "cpu_snapshot" {
+        let data = serde_json::to_string(&data).map_err(|_| AppError::Unavailable)?;
+        if data.len() > MAX_EVENT_DATA {
+            return Err(AppError::TooLarge(format!(
+                "an event's data may be at most {MAX_EVENT_DATA} bytes"
+            )));
+        }
+        return Ok(TelemetryBody::Event {
+            kind: kind.to_string(),
+            at: timestamp.unwrap_or(now),
+            data,
+        });
+    }
+    let sample = (|| {
+        let at = timestamp.ok_or("timestamp must be an RFC 3339 time like 2026-01-28T16:13:27Z")?;
+        let data = data.as_object().ok_or("data must be an object")?;
+        Ok(Snapshot {
+            seq: at.div_euclid(1000),
+            sampled_at: at,
+            cpu_percent: required_number(data, "cpu_percent")?,
+            memory_mb: required_number(data, "memory_mb")?,
+            cpu_time_s: None,
+            interval_s: DEFAULT_INTERVAL_S,
+        })
+    })();
+    Ok(TelemetryBody::Samples(vec![sample]))
+}
+
+/// Reads a telemetry body (current batch or legacy single sample).
+pub fn parse_body(value: Value, now: i64) -> Result<TelemetryBody> {
+    let Value::Object(body) = value else {
+        return Err(AppError::BadRequest("the body must be a JSON object".into()));
+    };
+    match (body.get("snapshots"), body.get("type")) {
+        (Some(Value::Array(list)), _) => {
+            if list.len() > MAX_BATCH {
+                return Err(AppError::TooLarge(format!(
+                    "a batch may hold at most {MAX_BATCH} samples"
+                )));
+            }
+            Ok(TelemetryBody::Samples(list.iter().map(parse_sample).collect()))
+        }
+        (None, Some(Value::String(kind))) => parse_legacy(&body, kind, now),
+        _ => Err(AppError::BadRequest(
+            "the body needs a `snapshots` list (or a legacy `type`)".into(),
+        )),
+    }
+}
+
+/// What range checks need to know.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Declared cores of the worker.
+    pub cpu_cores: i64,
+    /// Declared memory of the worker, MiB.
+    pub memory_mb: i64,
+    /// When the build was assigned, ms.
+    pub assigned_at: i64,
+    /// The controller's clock, ms.
+    pub now: i64,
+}
+
+/// Checks a sample's values against SPEC's ranges.
+pub fn check_ranges(s: &Snapshot, b: &Bounds) -> std::result::Result<(), String> {
+    if s.seq < 1 {
+        return Err("seq must be 1 or more".into());
+    }
+    let max_percent = 100.0 * b.cpu_cores as f64;
+    if !(s.cpu_percent.is_finite() && (0.0..=max_percent).contains(&s.cpu_percent)) {
+        return Err(format!("cpuPercent must be in 0..={max_percent} for this worker's cores"));
+    }
+    if !(s.memory_mb.is_finite() && (0.0..=b.memory_mb as f64).contains(&s.memory_mb)) {
+        return Err(format!("memoryMb must be in 0..={} declared by this worker", b.memory_mb));
+    }
+    if !(1..=300).contains(&s.interval_s) {
+        return Err("intervalS must be in 1..=300".into());
+    }
+    if s.sampled_at < b.assigned_at - CLOCK_SLACK_MS {
+        return Err("sampledAt is more than 60 s before the build was assigned".into());
+    }
+    if s.sampled_at > b.now + CLOCK_SLACK_MS {
+        return Err("sampledAt is more than 60 s ahead of the controller's clock".into());
+    }
+    if let Some(cpu_time) = s.cpu_time_s {
+        let limit =
+            1.1 * b.cpu_cores as f64 * (s.sampled_at - b.assigned_at) as f64 / 1000.0 + 1.0;
+        if !(cpu_time.is_finite() && cpu_time >= 0.0 && cpu_time <= limit) {
+            return Err(format!(
+                "cpuTimeS must be in 0..={limit:.3}: more than this worker's cores could burn since assignment"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces bare `NaN`, `Infinity` and `-Infinity` tokens outside strings
+/// with strings, so that a sample carrying one is rejected alone instead of
+/// failing its whole batch as text that is not JSON.
+fn quote_non_finite(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    let (mut i, mut in_string, mut changed) = (0, false, false);
+    while i < text.len() {
+        let c = text[i];
+        if in_string {
+            out.push(c);
+            if c == b'\\' && i + 1 < text.len() {
+                out.push(text[i + 1]);
+                i += 1;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        let rest = &text[i..];
+        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
+        match (c, token) {
+            (b'"', _) => {
+                in_string = true;
+                out.push(c);
+                i += 1;
+            }
+            (_, Some(token)) => {
+                out.push(b'"');
+                out.extend_from_slice(token);
+                out.push(b'"');
+                i += token.len();
+                changed = true;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+fn parse_telemetry_json(bytes: &[u8]) -> Result<Value> {
+    match parse_json(bytes) {
+        Ok(value) => Ok(value),
+        Err(error) => match quote_non_finite(bytes) {
+            Some(quoted) => serde_json::from_slice(&quoted).map_err(|_| error),
+            None => Err(error),
+        },
+    }
+}
+
+/// Takes one request from the worker's bucket, or says how long to wait.
+fn rate_limit(state: &AppState, worker_id: i64) -> Result<()> {
+    let rate = f64::from(state.settings.telemetry_rate);
+    let burst = 2.0 * rate;
+    let now = std::time::Instant::now();
+    let mut buckets = lock(&state.caches.buckets);
+    let bucket = buckets.entry(worker_id).or_insert(Bucket {
+        tokens: burst,
+        refilled: now,
+    });
+    let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+    bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+    bucket.refilled = now;
+    if bucket.tokens >= 1.0 {
+        bucket.tokens -= 1.0;
+        Ok(())
+    } else {
+        let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0);
+        Err(AppError::RateLimited {
+            retry_after_s: wait as u64,
+        })
+    }
+}
+
+async fn telemetry(
+    State(state): State<AppState>,
+    Worker(worker): Worker,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response> {
+    let id = parse_build_id(&id)?;
+    rate_limit(&state, worker.id)?;
+    let bytes = read_limited(request.into_body(), TELEMETRY_BODY_LIMIT).await?;
+    let now = now_ms();
+    let body = parse_body(parse_telemetry_json(&bytes)?, now)?;
+    let grace_ms = state.settings.telemetry_grace.as_millis() as i64;
+    let answer = state
+        .db
+        .writer
+        .write(move |conn| store(conn, worker, id, body, now, grace_ms).boxed())
+        .await?;
+    tracing::debug!(
+        build_id = id,
+        worker_id = worker.id,
+        accepted = answer.accepted,
+        duplicates = answer.duplicates,
+        rejected = answer.rejected.len(),
+        "telemetry"
+    );
+    let all_rejected = !answer.rejected.is_empty() && answer.accepted == 0 && answer.duplicates == 0;
+    let code = if all_rejected {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(answer)).into_response())
+}
+
+/// 409 unless the build takes telemetry now: while assigned or building,
+/// and for the grace period after it finished.
+fn require_accepting(build: &BuildRow, now: i64, grace_ms: i64) -> Result<()> {
+    let open = match build.status.as_str() {
+        status::ASSIGNED | status::BUILDING => true,
+        _ => build.completed_at.is_some_and(|done| now - done <= grace_ms),
+    };
+    if open {
+        Ok(())
+    } else {
+        Err(AppError::Conflict(format!(
+            "this {} build no longer accepts telemetry",
+            build.status
+        )))
+    }
+}
+
+async fn store(
+    conn: &mut SqliteConnection,
+    worker: WorkerIdentity,
+    id: i64,
+    body: TelemetryBody,
+    now: i64,
+    grace_ms: i64,
+) -> Result<TelemetryAnswer> {
+    let build = load_build(conn, id).await?;
+    build.require_worker(&worker)?;
+    require_accepting(&build, now, grace_ms)?;
+    let samples = match body {
+        TelemetryBody::Event { kind, at, data } => {
+            sqlx::query(
+                "INSERT INTO build_events (build_id, type, at, data, received_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(at)
+            .bind(data)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(TelemetryAnswer::default());
+        }
+        TelemetryBody::Samples(samples) => samples,
+    };
+    let bounds = Bounds {
+        cpu_cores: worker.cpu_cores,
+        memory_mb: worker.memory_mb,
+        assigned_at: build.assigned_at.unwrap_or(build.submitted_at),
+        now,
+    };
+    let mut answer = TelemetryAnswer::default();
+    let mut percent_micros = build.cpu_percent_micros;
+    let mut counter = build.cpu_counter_micros;
+    let mut peak = build.peak_memory_mb;
+    let mut newest: Option<(i64, f64)> = None;
+    for (index, sample) in samples.into_iter().enumerate() {
+        let sample = match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
+            Ok(sample) => sample,
+            Err(error) => {
+                answer.rejected.push(Rejection { index, error });
+                continue;
+            }
+        };
+        if build.has_tombstones && is_tombstoned(conn, id, sample.seq).await? {
+            answer.duplicates += 1;
+            continue;
+        }
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO samples (build_id, seq, sampled_at, cpu_percent, memory_mb,
+             cpu_time_s, interval_s, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(sample.seq)
+        .bind(sample.sampled_at)
+        .bind(sample.cpu_percent)
+        .bind(sample.memory_mb)
+        .bind(sample.cpu_time_s)
+        .bind(sample.interval_s)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            answer.duplicates += 1;
+            continue;
+        }
+        answer.accepted += 1;
+        percent_micros += percent_sample_micros(sample.cpu_percent, sample.interval_s);
+        if let Some(cpu_time) = sample.cpu_time_s {
+            counter = Some(counter.unwrap_or(0).max(counter_micros(cpu_time)));
+        }
+        peak = Some(peak.map_or(sample.memory_mb, |p| p.max(sample.memory_mb)));
+        if newest.is_none_or(|(at, _)| sample.sampled_at > at) {
+            newest = Some((sample.sampled_at, sample.cpu_percent));
+        }
+    }
+    if answer.accepted == 0 {
+        return Ok(answer);
+    }
+    let newest = newest.filter(|(at, _)| build.newest_sampled_at.is_none_or(|old| *at > old));
+    sqlx::query(
+        "UPDATE builds SET cpu_percent_micros = ?, cpu_counter_micros = ?, peak_memory_mb = ?,
+           snapshot_count = snapshot_count + ?,
+           newest_sampled_at = coalesce(?, newest_sampled_at),
+           newest_cpu_percent = coalesce(?, newest_cpu_percent),
+           oldest_raw_received_at = coalesce(oldest_raw_received_at, ?)
+         WHERE id = ?",
+    )
+    .bind(percent_micros)
+    .bind(counter)
+    .bind(peak)
+    .bind(answer.accepted as i64)
+    .bind(newest.map(|n| n.0))
+    .bind(newest.map(|n| n.1))
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    let cpu_delta = build_cpu_micros(percent_micros, counter) - build.cpu_micros();
+    adjust_totals(
+        conn,
+        TotalsDelta {
+            cpu_micros: cpu_delta,
+            ..TotalsDelta::default()
+        },
+    )
+    .await?;
+    if let (true, Some(done)) = (build.is_finished(), build.completed_at) {
+        adjust_day(
+            conn,
+            day_of(done),
+            DayDelta {
+                cpu_micros: cpu_delta,
+                ..DayDelta::default()
+            },
+        )
+        .await?;
+    }
+    Ok(answer)
+}
+
+async fn is_tombstoned(conn: &mut SqliteConnection, id: i64, seq: i64) -> Result<bool> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM sample_tombstones WHERE build_id = ? AND seq = ?")
+            .bind(id)
+            .bind(seq)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(found.is_some())
+}
+
+async fn snapshots(
+    State(state): State<AppState>,
+    reader: BuildReader,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Snapshot>>> {
+    let id = parse_build_id(&id)?;
+    authorize_reader(&state, &reader, id).await?;
+    let rows: Vec<(i64, i64, f64, f64, Option<f64>, i64)> = sqlx::query_as(
+        "SELECT seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s
+         FROM samples WHERE build_id = ? ORDER BY sampled_at, seq",
+    )
+    .bind(id)
+    .fetch_all(&state.db.reads)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s)| Snapshot {
+                seq,
+                sampled_at,
+                cpu_percent,
+                memory_mb,
+                cpu_time_s,
+                interval_s,
+            })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bounds() -> Bounds {
+        Bounds {
+            cpu_cores: 4,
+            memory_mb: 8192,
+            assigned_at: 1_000_000,
+            now: 1_100_000,
+        }
+    }
+
+    fn good() -> Value {
+        json!({"seq": 1, "sampledAt": 1_050_000, "cpuPercent": 150.0, "memoryMb": 100.5,
+               "cpuTimeS": 20.0, "intervalS": 5})
+    }
+
+    fn check(value: Value) -> std::result::Result<Snapshot, String> {
+        parse_sample(&value).and_then(|s| check_ranges(&s, &bounds()).map(|()| s))
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut sample = good();
+        sample[field] = value;
+        sample
+    }
+
+    /// A well-formed sample passes; every invalid class SPEC lists is refused.
+    #[test]
+    fn sample_validation_classes() {
+        assert!(check(good()).is_ok());
+        assert!(check(with("cpuPercent", json!("50"))).is_err());
+        assert!(check(with("cpuPercent", json!(null))).is_err());
+        assert!(check(with("cpuPercent", json!([77]))).is_err());
+        assert!(check(with("cpuPercent", json!(1e308))).is_err());
+        assert!(check(with("cpuPercent", json!(-1.0))).is_err());
+        assert!(check(with("cpuPercent", json!(400.1))).is_err());
+        assert!(check(with("cpuPercent", json!(400.0))).is_ok());
+        assert!(check(with("memoryMb", json!(8192.5))).is_err());
+        assert!(check(with("cpuTimeS", json!(-0.1))).is_err());
+        // 50 s after assignment on 4 cores: at most 1.1*4*50+1 = 221 s.
+        assert!(check(with("cpuTimeS", json!(221.5))).is_err());
+        assert!(check(with("cpuTimeS", json!(220.0))).is_ok());
+        assert!(check(with("intervalS", json!(0))).is_err());
+        assert!(check(with("intervalS", json!(301))).is_err());
+        assert!(check(with("intervalS", json!("5"))).is_err());
+        assert!(check(with("sampledAt", json!(1_000_000 - 60_001))).is_err());
+        assert!(check(with("sampledAt", json!(1_100_000 + 60_001))).is_err());
+        assert!(check(with("seq", json!(0))).is_err());
+        let mut missing = good();
+        missing.as_object_mut().map(|o| o.remove("memoryMb"));
+        assert!(check(missing).is_err());
+    }
+
+    /// Bare NaN/Infinity become strings, so their sample alone is rejected;
+    /// the same words inside strings are left alone.
+    #[test]
+    fn non_finite_tokens_are_quoted() {
+        let text = br#"{"snapshots":[{"cpuPercent":NaN,"x":"NaN Infinity"},{"a":-Infinity}]}"#;
+        let quoted = quote_non_finite(text).map(String::from_utf8);
+        assert_eq!(
+            quoted,
+            Some(Ok(
+                r#"{"snapshots":[{"cpuPercent":"NaN","x":"NaN Infinity"},{"a":"-Infinity"}]}"#
+                    .to_string()
+            ))
+        );
+        assert!(quote_non_finite(br#"{"a":1}"#).is_none());
+    }
+
+    /// The legacy body is one sample keyed by its timestamp's whole seconds.
+    #[test]
+    fn legacy_sample() {
+        let body = json!({"type": "cpu_snapshot", "timestamp": "2026-01-28T16:13:27Z",
+                          "data": {"cpu_percent": 42.0, "memory_mb": 1024}});
+        match parse_body(body, 0) {
+            Ok(TelemetryBody::Samples(samples)) => {
+                let sample = samples[0].clone().unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(sample.seq, 1_769_616_807);
+                assert_eq!(sample.sampled_at, 1_769_616_807_000);
+                assert_eq!(sample.interval_s, 5);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let event = json!({"type": "log", "data": {"line": "x".repeat(5000)}});
+        assert!(matches!(parse_body(event, 0), Err(AppError::TooLarge(_))));
+        assert!(matches!(parse_body(json!({"x": 1}), 0), Err(AppError::BadRequest(_))));
+    }
+}

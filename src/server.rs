@@ -1,0 +1,205 @@
+//! Assembles the controller: the router (REST API, server functions, the
+//! landing page and its files), the background tasks, and serving with
+//! graceful shutdown. [`serve`] takes its listener and its shutdown signal
+//! from the caller, so tests run the real thing on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
+use leptos_axum::LeptosRoutes;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::shell;
+use crate::auth::hash_secret;
+use crate::config::ServeArgs;
+use crate::db::{self, Database};
+use crate::error::AppError;
+use crate::state::{AppState, Caches, Settings};
+
+/// Where a generated admin key is written.
+pub const ADMIN_KEY_FILE: &str = "data/admin.key";
+/// Longest a request may take before the controller gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Listening, serving or the admin key file failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ServeArgs {
+    /// Settings with SPEC's defaults for a database and an admin key.
+    pub fn new(database_url: impl Into<String>, admin_key: impl Into<String>) -> ServeArgs {
+        ServeArgs {
+            database_url: database_url.into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 3000)),
+            admin_key: Some(admin_key.into()),
+            online_window: Duration::from_secs(120),
+            lease_timeout: Duration::from_secs(300),
+            telemetry_grace: Duration::from_secs(600),
+            retention_days: 30,
+            stats_ttl: Duration::from_secs(1),
+            telemetry_rate: 10,
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The admin key given, or the one in `data/admin.key`, generated when missing.
+fn admin_key(given: Option<&str>) -> Result<String, ServeError> {
+    if let Some(key) = given.filter(|k| !k.trim().is_empty()) {
+        return Ok(key.trim().to_string());
+    }
+    let path = Path::new(ADMIN_KEY_FILE);
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        if !existing.trim().is_empty() {
+            tracing::info!(path = %path.display(), "admin key read from file");
+            return Ok(existing.trim().to_string());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key = crate::auth::new_secret();
+    write_private(path, &key)?;
+    tracing::info!(path = %path.display(), "generated an admin key; read it from this file");
+    Ok(key)
+}
+
+/// Writes a file only its owner may read (mode 0600 from creation on).
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {
+    let mut options = leptos::config::get_configuration(None)
+        .map(|conf| conf.leptos_options)
+        .unwrap_or_else(|_| LeptosOptions::builder().output_name("freeagent").build());
+    if options.output_name.is_empty() {
+        options.output_name = Arc::from("freeagent");
+    }
+    options.site_addr = listen;
+    options
+}
+
+/// Opens the database and builds the state every handler shares.
+pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
+    let key = admin_key(args.admin_key.as_deref())?;
+    let database: Database = db::open(&args.database_url).await?;
+    Ok(AppState {
+        db: database,
+        settings: Arc::new(Settings {
+            admin_key_hash: hash_secret(&key),
+            online_window: args.online_window,
+            lease_timeout: args.lease_timeout,
+            telemetry_grace: args.telemetry_grace,
+            retention_days: args.retention_days,
+            stats_ttl: args.stats_ttl,
+            telemetry_rate: args.telemetry_rate,
+            poll_interval: args.poll_interval,
+        }),
+        caches: Arc::new(Caches::default()),
+        leptos_options: leptos_options(args.listen),
+    })
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(&state.db.reads)
+        .await
+    {
+        Ok(_) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn unknown_api_route() -> AppError {
+    AppError::NotFound("no such API route; see the README for the routes".into())
+}
+
+/// The whole router: REST API, server functions and the page.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(crate::fleet::router())
+        .merge(crate::ingest::router())
+        .merge(crate::stats::ssr::router())
+        .route("/api/{*rest}", axum::routing::any(unknown_api_route))
+        .layer(middleware::from_fn(crate::body::require_json));
+    let context_state = state.clone();
+    let page_state = state.clone();
+    let options = state.leptos_options.clone();
+    Router::new()
+        .merge(api)
+        .leptos_routes_with_context(
+            &state,
+            crate::app::routes(),
+            move || provide_context(context_state.clone()),
+            move || shell(options.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(
+            move || provide_context(page_state.clone()),
+            shell,
+        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+/// Serves the controller on `listener` until `shutdown` resolves, with the
+/// background tasks (lease reaper, retention) running alongside.
+pub async fn serve<F>(listener: TcpListener, args: ServeArgs, shutdown: F) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut args = args;
+    args.listen = listener.local_addr()?;
+    let state = build_state(&args).await?;
+    let background = [
+        tokio::spawn(crate::fleet::run_reaper(state.clone())),
+        tokio::spawn(crate::retention::run_retention(state.clone())),
+    ];
+    tracing::info!(addr = %args.listen, database = %args.database_url, "controller listening");
+    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("controller stopped");
+    Ok(result?)
+}
