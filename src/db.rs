@@ -65,9 +65,17 @@ pub fn ensure_parent_dir(url: &str) -> std::io::Result<()> {
 /// One connection to the database, created and migrated when needed.
 pub async fn connect(url: &str) -> std::result::Result<SqliteConnection, sqlx::Error> {
     ensure_parent_dir(url).map_err(sqlx::Error::Io)?;
-    let mut conn = SqliteConnection::connect_with(&connect_options(url)?).await?;
-    sqlx::migrate!().run(&mut conn).await?;
-    Ok(conn)
+    let options = connect_options(url)?;
+    // Migrating through a one-connection pool rather than `&mut conn`
+    // keeps callers' futures `Send` (sqlx's `Acquire` on `&mut` is not
+    // general enough for spawned tasks).
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await?;
+    sqlx::migrate!().run(&pool).await?;
+    pool.close().await;
+    SqliteConnection::connect_with(&options).await
 }
 
 /// Opens (creating and migrating when needed) the database and starts the writer.

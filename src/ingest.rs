@@ -55,7 +55,8 @@ pub enum TelemetryBody {
 
 fn number(sample: &Map<String, Value>, field: &str) -> std::result::Result<Option<f64>, String> {
     match sample.get(field) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(Value::Null) => Err(format!("{field} must be a number, not null")),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(x) if x.is_finite() => Ok(Some(x)),
             _ => Err(format!("{field} must be a finite number")),
@@ -70,7 +71,8 @@ fn required_number(sample: &Map<String, Value>, field: &str) -> std::result::Res
 
 fn integer(sample: &Map<String, Value>, field: &str) -> std::result::Result<Option<i64>, String> {
     match sample.get(field) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(Value::Null) => Err(format!("{field} must be an integer, not null")),
         Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => Ok(Some(i)),
             (None, Some(x)) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
@@ -203,9 +205,10 @@ pub fn check_ranges(s: &Snapshot, b: &Bounds) -> std::result::Result<(), String>
     Ok(())
 }
 
-/// Replaces bare `NaN`, `Infinity` and `-Infinity` tokens outside strings
-/// with strings, so that a sample carrying one is rejected alone instead of
-/// failing its whole batch as text that is not JSON.
+/// Replaces bare `NaN`, `Infinity` and `-Infinity` tokens and numbers too
+/// large for a double (`1e400`) outside strings with strings, so that a
+/// sample carrying one is rejected alone instead of failing its whole batch
+/// as text that is not JSON.
 fn quote_non_finite(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() + 16);
     let (mut i, mut in_string, mut changed) = (0, false, false);
@@ -238,6 +241,26 @@ fn quote_non_finite(text: &[u8]) -> Option<Vec<u8>> {
                 out.push(b'"');
                 i += token.len();
                 changed = true;
+            }
+            (b'-' | b'0'..=b'9', None) => {
+                let length = rest
+                    .iter()
+                    .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .unwrap_or(rest.len());
+                let literal = &rest[..length];
+                let overflows = std::str::from_utf8(literal)
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(f64::is_infinite);
+                if overflows {
+                    out.push(b'"');
+                    out.extend_from_slice(literal);
+                    out.push(b'"');
+                    changed = true;
+                } else {
+                    out.extend_from_slice(literal);
+                }
+                i += length;
             }
             _ => {
                 out.push(c);
@@ -565,6 +588,10 @@ mod tests {
             ))
         );
         assert!(quote_non_finite(br#"{"a":1}"#).is_none());
+        assert_eq!(
+            quote_non_finite(br#"{"a":1e400,"b":-2.5e3}"#).map(String::from_utf8),
+            Some(Ok(r#"{"a":"1e400","b":-2.5e3}"#.to_string()))
+        );
     }
 
     /// The legacy body is one sample keyed by its timestamp's whole seconds.
