@@ -160,7 +160,11 @@ async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) 
         for deliver in deliveries {
             deliver(committed);
         }
-        tracing::trace!(jobs, duration_us = started.elapsed().as_micros() as u64, "group committed");
+        tracing::trace!(
+            jobs,
+            duration_us = started.elapsed().as_micros() as u64,
+            "group committed"
+        );
     }
     tracing::debug!("writer stopped: every handle dropped");
 }

@@ -150,10 +150,11 @@ pub async fn authorize_reader(state: &AppState, reader: &BuildReader, id: i64) -
         BuildReader::Admin => Ok(build),
         BuildReader::Token(hash) if build.token_hash == hash[..] => Ok(build),
         BuildReader::Token(hash) => {
-            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM builds WHERE token_hash = ?")
-                .bind(&hash[..])
-                .fetch_optional(&mut *conn)
-                .await?;
+            let known: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM builds WHERE token_hash = ?")
+                    .bind(&hash[..])
+                    .fetch_optional(&mut *conn)
+                    .await?;
             match known {
                 Some(_) => Err(AppError::Forbidden(
                     "this build token grants another build".into(),
@@ -178,7 +179,9 @@ pub fn validate_registration(body: &RegisterWorker) -> Result<()> {
         return Err(AppError::Invalid("name must be 1 to 64 characters".into()));
     }
     if !(1..=8).contains(&body.platforms.len()) {
-        return Err(AppError::Invalid("platforms must list 1 to 8 platforms".into()));
+        return Err(AppError::Invalid(
+            "platforms must list 1 to 8 platforms".into(),
+        ));
     }
     if let Some(bad) = body.platforms.iter().find(|p| !platform_is_valid(p)) {
         return Err(AppError::Invalid(format!(
@@ -241,7 +244,11 @@ async fn register(
         },
     );
     tracing::info!(worker_id, name = %body.name, cpu_cores = cores, memory_mb = memory, "worker registered");
-    Ok((StatusCode::CREATED, Json(WorkerRegistered { worker_id, token })).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(WorkerRegistered { worker_id, token }),
+    )
+        .into_response())
 }
 
 async fn heartbeat(Worker(_worker): Worker) -> Json<Heartbeat> {
@@ -259,7 +266,12 @@ async fn poll(State(state): State<AppState>, Worker(worker): Worker) -> Result<R
         .await?;
     Ok(match claimed {
         Some(build) => {
-            tracing::info!(build_id = build.id, worker_id = worker.id, attempt = build.attempt, "build claimed");
+            tracing::info!(
+                build_id = build.id,
+                worker_id = worker.id,
+                attempt = build.attempt,
+                "build claimed"
+            );
             Json(PollAnswer { build }).into_response()
         }
         None => StatusCode::NO_CONTENT.into_response(),
@@ -287,12 +299,14 @@ async fn claim(
     let Some((id, platform, label, attempt)) = row else {
         return Ok(None);
     };
-    sqlx::query("UPDATE builds SET status = 'assigned', worker_id = ?, assigned_at = ? WHERE id = ?")
-        .bind(worker_id)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE builds SET status = 'assigned', worker_id = ?, assigned_at = ? WHERE id = ?",
+    )
+    .bind(worker_id)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     adjust_totals(
         conn,
         TotalsDelta {
@@ -321,7 +335,9 @@ async fn submit(
         ));
     }
     if body.label.as_ref().is_some_and(|l| l.chars().count() > 200) {
-        return Err(AppError::Invalid("label must be at most 200 characters".into()));
+        return Err(AppError::Invalid(
+            "label must be at most 200 characters".into(),
+        ));
     }
     let token = new_secret();
     let hash = hash_secret(&token);
@@ -395,11 +411,13 @@ async fn start(
                 match build.status.as_str() {
                     status::BUILDING => {}
                     status::ASSIGNED => {
-                        sqlx::query("UPDATE builds SET status = 'building', started_at = ? WHERE id = ?")
-                            .bind(now)
-                            .bind(id)
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query(
+                            "UPDATE builds SET status = 'building', started_at = ? WHERE id = ?",
+                        )
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     other => {
                         return Err(AppError::Conflict(format!(
@@ -422,8 +440,14 @@ async fn complete(
     JsonBody(body): JsonBody<CompleteBuild>,
 ) -> Result<Json<BuildView>> {
     let id = parse_build_id(&id)?;
-    if body.error.as_ref().is_some_and(|e| e.chars().count() > 4000) {
-        return Err(AppError::Invalid("error must be at most 4000 characters".into()));
+    if body
+        .error
+        .as_ref()
+        .is_some_and(|e| e.chars().count() > 4000)
+    {
+        return Err(AppError::Invalid(
+            "error must be at most 4000 characters".into(),
+        ));
     }
     let now = now_ms();
     let view = state
@@ -526,11 +550,13 @@ async fn cancel(
                         )))
                     }
                 };
-                sqlx::query("UPDATE builds SET status = 'cancelled', completed_at = ? WHERE id = ?")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "UPDATE builds SET status = 'cancelled', completed_at = ? WHERE id = ?",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
                 adjust_totals(conn, delta).await?;
                 Ok(load_build(conn, id).await?.view())
             }
@@ -543,7 +569,11 @@ async fn cancel(
 
 /// One pass of the lease reaper: builds whose worker made no authenticated
 /// call for `lease_timeout` go back to the queue, or fail after the last attempt.
-pub async fn reap_lost_leases(conn: &mut SqliteConnection, lease_timeout: Duration, now: i64) -> Result<u64> {
+pub async fn reap_lost_leases(
+    conn: &mut SqliteConnection,
+    lease_timeout: Duration,
+    now: i64,
+) -> Result<u64> {
     let silent_since = now - lease_timeout.as_millis() as i64;
     let lost: Vec<BuildRow> = sqlx::query_as(&format!(
         "SELECT {BUILD_COLUMNS} FROM builds
@@ -556,7 +586,11 @@ pub async fn reap_lost_leases(conn: &mut SqliteConnection, lease_timeout: Durati
     for build in &lost {
         if build.attempt >= MAX_ATTEMPTS {
             finish(conn, build, status::FAILED, Some(LOST_CONTACT), now).await?;
-            tracing::warn!(build_id = build.id, attempt = build.attempt, "build failed: worker lost contact");
+            tracing::warn!(
+                build_id = build.id,
+                attempt = build.attempt,
+                "build failed: worker lost contact"
+            );
         } else {
             sqlx::query(
                 "UPDATE builds SET status = 'pending', attempt = attempt + 1, worker_id = NULL,
@@ -574,7 +608,11 @@ pub async fn reap_lost_leases(conn: &mut SqliteConnection, lease_timeout: Durati
                 },
             )
             .await?;
-            tracing::warn!(build_id = build.id, attempt = build.attempt + 1, "lease expired: build requeued");
+            tracing::warn!(
+                build_id = build.id,
+                attempt = build.attempt + 1,
+                "lease expired: build requeued"
+            );
         }
     }
     Ok(lost.len() as u64)

@@ -61,7 +61,9 @@ fn number(sample: &Map<String, Value>, field: &str) -> std::result::Result<Optio
             Some(x) if x.is_finite() => Ok(Some(x)),
             _ => Err(format!("{field} must be a finite number")),
         },
-        Some(_) => Err(format!("{field} must be a number, not a string or other type")),
+        Some(_) => Err(format!(
+            "{field} must be a number, not a string or other type"
+        )),
     }
 }
 
@@ -80,7 +82,9 @@ fn integer(sample: &Map<String, Value>, field: &str) -> std::result::Result<Opti
             }
             _ => Err(format!("{field} must be an integer")),
         },
-        Some(_) => Err(format!("{field} must be an integer, not a string or other type")),
+        Some(_) => Err(format!(
+            "{field} must be an integer, not a string or other type"
+        )),
     }
 }
 
@@ -109,7 +113,10 @@ fn parse_timestamp(text: &str) -> Option<i64> {
 /// seq is its timestamp in whole seconds; any other type is an event.
 fn parse_legacy(body: &Map<String, Value>, kind: &str, now: i64) -> Result<TelemetryBody> {
     let data = body.get("data").cloned().unwrap_or(Value::Null);
-    let timestamp = body.get("timestamp").and_then(Value::as_str).and_then(parse_timestamp);
+    let timestamp = body
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(parse_timestamp);
     if kind != "cpu_snapshot" {
         let data = serde_json::to_string(&data).map_err(|_| AppError::Unavailable)?;
         if data.len() > MAX_EVENT_DATA {
@@ -141,7 +148,9 @@ fn parse_legacy(body: &Map<String, Value>, kind: &str, now: i64) -> Result<Telem
 /// Reads a telemetry body (current batch or legacy single sample).
 pub fn parse_body(value: Value, now: i64) -> Result<TelemetryBody> {
     let Value::Object(body) = value else {
-        return Err(AppError::BadRequest("the body must be a JSON object".into()));
+        return Err(AppError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
     };
     match (body.get("snapshots"), body.get("type")) {
         (Some(Value::Array(list)), _) => {
@@ -150,7 +159,9 @@ pub fn parse_body(value: Value, now: i64) -> Result<TelemetryBody> {
                     "a batch may hold at most {MAX_BATCH} samples"
                 )));
             }
-            Ok(TelemetryBody::Samples(list.iter().map(parse_sample).collect()))
+            Ok(TelemetryBody::Samples(
+                list.iter().map(parse_sample).collect(),
+            ))
         }
         (None, Some(Value::String(kind))) => parse_legacy(&body, kind, now),
         _ => Err(AppError::BadRequest(
@@ -179,10 +190,15 @@ pub fn check_ranges(s: &Snapshot, b: &Bounds) -> std::result::Result<(), String>
     }
     let max_percent = 100.0 * b.cpu_cores as f64;
     if !(s.cpu_percent.is_finite() && (0.0..=max_percent).contains(&s.cpu_percent)) {
-        return Err(format!("cpuPercent must be in 0..={max_percent} for this worker's cores"));
+        return Err(format!(
+            "cpuPercent must be in 0..={max_percent} for this worker's cores"
+        ));
     }
     if !(s.memory_mb.is_finite() && (0.0..=b.memory_mb as f64).contains(&s.memory_mb)) {
-        return Err(format!("memoryMb must be in 0..={} declared by this worker", b.memory_mb));
+        return Err(format!(
+            "memoryMb must be in 0..={} declared by this worker",
+            b.memory_mb
+        ));
     }
     if !(1..=300).contains(&s.interval_s) {
         return Err("intervalS must be in 1..=300".into());
@@ -194,8 +210,7 @@ pub fn check_ranges(s: &Snapshot, b: &Bounds) -> std::result::Result<(), String>
         return Err("sampledAt is more than 60 s ahead of the controller's clock".into());
     }
     if let Some(cpu_time) = s.cpu_time_s {
-        let limit =
-            1.1 * b.cpu_cores as f64 * (s.sampled_at - b.assigned_at) as f64 / 1000.0 + 1.0;
+        let limit = 1.1 * b.cpu_cores as f64 * (s.sampled_at - b.assigned_at) as f64 / 1000.0 + 1.0;
         if !(cpu_time.is_finite() && cpu_time >= 0.0 && cpu_time <= limit) {
             return Err(format!(
                 "cpuTimeS must be in 0..={limit:.3}: more than this worker's cores could burn since assignment"
@@ -330,7 +345,8 @@ async fn telemetry(
         rejected = answer.rejected.len(),
         "telemetry"
     );
-    let all_rejected = !answer.rejected.is_empty() && answer.accepted == 0 && answer.duplicates == 0;
+    let all_rejected =
+        !answer.rejected.is_empty() && answer.accepted == 0 && answer.duplicates == 0;
     let code = if all_rejected {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -344,7 +360,9 @@ async fn telemetry(
 fn require_accepting(build: &BuildRow, now: i64, grace_ms: i64) -> Result<()> {
     let open = match build.status.as_str() {
         status::ASSIGNED | status::BUILDING => true,
-        _ => build.completed_at.is_some_and(|done| now - done <= grace_ms),
+        _ => build
+            .completed_at
+            .is_some_and(|done| now - done <= grace_ms),
     };
     if open {
         Ok(())
@@ -506,14 +524,16 @@ async fn snapshots(
     .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s)| Snapshot {
-                seq,
-                sampled_at,
-                cpu_percent,
-                memory_mb,
-                cpu_time_s,
-                interval_s,
-            })
+            .map(
+                |(seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s)| Snapshot {
+                    seq,
+                    sampled_at,
+                    cpu_percent,
+                    memory_mb,
+                    cpu_time_s,
+                    interval_s,
+                },
+            )
             .collect(),
     ))
 }
@@ -610,6 +630,9 @@ mod tests {
         }
         let event = json!({"type": "log", "data": {"line": "x".repeat(5000)}});
         assert!(matches!(parse_body(event, 0), Err(AppError::TooLarge(_))));
-        assert!(matches!(parse_body(json!({"x": 1}), 0), Err(AppError::BadRequest(_))));
+        assert!(matches!(
+            parse_body(json!({"x": 1}), 0),
+            Err(AppError::BadRequest(_))
+        ));
     }
 }

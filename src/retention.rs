@@ -34,7 +34,12 @@ pub fn cutoff(now: i64, retention_days: u32) -> i64 {
 
 /// Removes at most about [`BATCH_ROWS`] old rows; returns how many went.
 /// Runs inside the caller's transaction.
-pub async fn purge_batch(conn: &mut SqliteConnection, cutoff: i64, now: i64, grace_ms: i64) -> Result<u64> {
+pub async fn purge_batch(
+    conn: &mut SqliteConnection,
+    cutoff: i64,
+    now: i64,
+    grace_ms: i64,
+) -> Result<u64> {
     let mut removed = 0u64;
     let builds: Vec<(i64, String, Option<i64>)> = sqlx::query_as(
         "SELECT id, status, completed_at FROM builds
@@ -99,10 +104,12 @@ pub async fn purge_batch(conn: &mut SqliteConnection, cutoff: i64, now: i64, gra
     .bind(now - grace_ms)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE builds SET has_tombstones = 0 WHERE has_tombstones = 1 AND completed_at < ?")
-        .bind(now - grace_ms)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE builds SET has_tombstones = 0 WHERE has_tombstones = 1 AND completed_at < ?",
+    )
+    .bind(now - grace_ms)
+    .execute(&mut *conn)
+    .await?;
     Ok(removed)
 }
 

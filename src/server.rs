@@ -196,7 +196,9 @@ where
         tokio::spawn(crate::retention::run_retention(state.clone())),
     ];
     tracing::info!(addr = %args.listen, database = %args.database_url, "controller listening");
-    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
     for task in background {
         task.abort();
     }

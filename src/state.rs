@@ -88,5 +88,7 @@ pub struct AppState {
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it:
 /// every value behind these locks stays valid between statements.
 pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -1528,7 +1528,11 @@ async fn bare_nan_and_infinity_tokens_reject_their_sample_alone() {
         assert_eq!(status, StatusCode::OK, "bare {token}: {text}");
         let answer: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(answer["rejected"][0]["index"], 1, "bare {token}: {text}");
-        assert_eq!(answer["rejected"].as_array().map(Vec::len), Some(1), "bare {token}: {text}");
+        assert_eq!(
+            answer["rejected"].as_array().map(Vec::len),
+            Some(1),
+            "bare {token}: {text}"
+        );
     }
     assert_eq!(app.build(claimed.id).await.snapshot_count, 1);
 }
