@@ -16,25 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
-}
-
-[ -x /usr/bin/chromium ] || apt_install chromium
-command -v npm >/dev/null || apt_install nodejs npm
-
-if [ ! -x end2end/node_modules/.bin/playwright ] || [ ! -x end2end/node_modules/.bin/wasm-opt ]; then
-  (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
-fi
+# Everything this needs, installed only when missing (the same script the
+# README's commands use).
+scripts/setup.sh
 # cargo-leptos runs the first wasm-opt on PATH; Debian's binaryen breaks hydration.
 export PATH="$ROOT/end2end/node_modules/.bin:$HOME/.cargo/bin:$PATH"
-
-command -v cargo-leptos >/dev/null || cargo install cargo-leptos --version 0.3.11 --locked
-rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-command -v wasm-bindgen >/dev/null || cargo install wasm-bindgen-cli --version 0.2.130 --locked
 
 if [ -z "${E2E_SKIP_BUILD:-}" ]; then
   mkdir -p target/e2e
