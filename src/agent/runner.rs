@@ -489,7 +489,9 @@ impl Worker {
         ended.cut = stopping.is_some();
         // The command has exited and was reaped: its rusage holds the CPU
         // time of everything it waited for, exactly.
-        let wall = Instant::now().duration_since(last).as_secs_f64();
+        // The last stretch may be milliseconds long; over at least a second
+        // the rounding of /proc's clock ticks does not read as a spike.
+        let wall = Instant::now().duration_since(last).as_secs_f64().max(1.0);
         let (counter, percent) = meter.observe(ended.cpu_time_s, wall);
         seq += 1;
         if let Some(d) = delivery {

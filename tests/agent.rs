@@ -1,0 +1,703 @@
+//! The worker agent as a volunteer runs it: the real `freeagent` binary as
+//! controller and as agent, separate processes on 127.0.0.1, a fresh SQLite
+//! file per test, real build commands whose CPU time the kernel accounts.
+//!
+//! The kernel's figure comes from the build command itself: its last step is
+//! the shell builtin `times`, which prints the user and system time of the
+//! shell and of every child it waited for (times(2)).
+
+#![cfg(feature = "ssr")]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use freeagent::wire::{BuildSubmitted, BuildView, Snapshot, SubmitBuild};
+
+const BIN: &str = env!("CARGO_BIN_EXE_freeagent");
+const ADMIN_KEY: &str = "agent-test-admin-key";
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
+
+/// Log text without the terminal colour codes the subscriber may add.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A controller process on its own port and SQLite file.
+struct Controller {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Controller {
+    fn start(dir: &Path, extra: &[&str]) -> Controller {
+        let mut c = Controller {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.launch();
+        c
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("controller.log"))
+            .expect("controller log");
+        let db = format!("sqlite://{}", self.dir.join("freeagent.db").display());
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--database-url", &db])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--admin-key", ADMIN_KEY])
+            .args(&self.extra)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start the controller");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the controller outright (no graceful shutdown).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn submit(&self, platform: &str) -> i64 {
+        let answer = http()
+            .post(self.url() + "/api/builds")
+            .bearer_auth(ADMIN_KEY)
+            .json(&SubmitBuild {
+                platform: platform.into(),
+                label: None,
+            })
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(answer.status().as_u16(), 201);
+        answer.json::<BuildSubmitted>().await.expect("submitted").id
+    }
+
+    async fn build(&self, id: i64) -> BuildView {
+        http()
+            .get(format!("{}/api/builds/{id}", self.url()))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("get build")
+            .json()
+            .await
+            .expect("build json")
+    }
+
+    async fn snapshots(&self, id: i64) -> Vec<Snapshot> {
+        http()
+            .get(format!("{}/api/builds/{id}/snapshots", self.url()))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("get snapshots")
+            .json()
+            .await
+            .expect("snapshots json")
+    }
+
+    /// Waits until the build has one of `statuses`.
+    async fn wait_status(&self, id: i64, statuses: &[&str], limit: Duration) -> BuildView {
+        let deadline = Instant::now() + limit;
+        loop {
+            let view = self.build(id).await;
+            if statuses.contains(&view.status.as_str()) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "build {id} still {} after {limit:?}",
+                view.status
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Registers a worker with `freeagent agent register`; returns its token file.
+    fn register(&self, name: &str) -> PathBuf {
+        let token_file = self.dir.join(format!("{name}.token"));
+        let out = Command::new(BIN)
+            .args([
+                "agent",
+                "register",
+                "--controller",
+                &self.url(),
+                "--admin-key",
+                ADMIN_KEY,
+            ])
+            .args(["--name", name, "--platform", "linux"])
+            .arg("--token-file")
+            .arg(&token_file)
+            .output()
+            .expect("run agent register");
+        assert!(
+            out.status.success(),
+            "register failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            printed.trim(),
+            token_file.display().to_string(),
+            "prints the token file"
+        );
+        token_file
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An agent process with its log.
+struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(controller: &Controller, name: &str, command: &str, extra: &[&str]) -> Agent {
+        let token_file = controller.register(name);
+        let log = controller.dir.join(format!("{name}.log"));
+        let work_root = controller.dir.join(format!("{name}-work"));
+        let out = fs::File::create(&log).expect("agent log");
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--controller",
+                &controller.url(),
+                "--platform",
+                "linux",
+            ])
+            .args(["--build-command", command, "--poll-interval", "200ms"])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--work-root")
+            .arg(&work_root)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    fn log(&self) -> String {
+        strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// The `last_seq` the agent logged when build `id` finished.
+    fn last_seq(&self, id: i64) -> i64 {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("build finished") && l.contains(&format!("build_id={id} ")))
+            .unwrap_or_else(|| panic!("no `build finished` line for build {id} in:\n{log}"));
+        field(line, "last_seq")
+            .parse()
+            .expect("last_seq is a number")
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for the agent to exit.
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with SIGTERM (between builds: it exits cleanly).
+    fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(30))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The value of `name=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 1;
+    line[start..].split_whitespace().next().unwrap_or("")
+}
+
+/// CPU seconds in the output of the shell builtin `times` (two lines: the
+/// shell's own user/system time, then its waited-for children's).
+fn parse_times(text: &str) -> f64 {
+    let seconds = |t: &str| -> f64 {
+        let t = t.trim_end_matches('s');
+        let (m, s) = t.split_once('m').expect("MmS.SSSs");
+        m.parse::<f64>().expect("minutes") * 60.0 + s.parse::<f64>().expect("seconds")
+    };
+    let total: f64 = text.split_whitespace().map(seconds).sum();
+    assert!(
+        text.split_whitespace().count() == 4,
+        "unexpected `times` output: {text}"
+    );
+    total
+}
+
+fn kernel_cpu(file: &Path) -> f64 {
+    parse_times(&fs::read_to_string(file).expect("the build wrote its times"))
+}
+
+/// Every sample of a finished build: seq 1..=n with none missing, the
+/// counter monotone and never above the kernel's final figure.
+fn check_samples(samples: &[Snapshot], kernel: f64) {
+    let seqs: Vec<i64> = samples.iter().map(|s| s.seq).collect();
+    let expected: Vec<i64> = (1..=samples.len() as i64).collect();
+    assert_eq!(seqs, expected, "contiguous seqs from 1");
+    let mut last = 0.0;
+    for s in samples {
+        let c = s.cpu_time_s.expect("every agent sample carries cpuTimeS");
+        assert!(c >= last, "counter never decreases: {samples:?}");
+        assert!(
+            c <= kernel * 1.02 + 0.05,
+            "sample {} claims {c} s, more than the kernel's {kernel} s",
+            s.seq
+        );
+        last = c;
+    }
+}
+
+/// The periodic samples, not just the final one (which the agent takes
+/// from wait4), saw the tree's CPU time: one of them holds at least half of
+/// the total. Without reaped children's time a sample would see only the
+/// processes alive at that instant.
+fn check_sampled_along(samples: &[Snapshot], kernel: f64) {
+    assert!(samples.len() >= 3, "several samples: {samples:?}");
+    let seen = samples[..samples.len() - 1]
+        .iter()
+        .filter_map(|s| s.cpu_time_s)
+        .fold(0.0, f64::max);
+    assert!(
+        seen >= 0.5 * kernel,
+        "periodic samples saw only {seen} s of {kernel} s: {samples:?}"
+    );
+}
+
+/// A build that keeps one core busy for about 3 s reports `cpuSeconds`
+/// within 10% of the CPU time the kernel accounted to it.
+#[tokio::test]
+async fn one_busy_core_is_counted_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let times = dir.path().join("times.txt");
+    let cmd = format!(
+        "timeout 3 sh -c 'while :; do :; done'; times > {}",
+        times.display()
+    );
+    let mut agent = Agent::start(&ctl, "busy", &cmd, &["--interval", "1s"]);
+    let id = ctl.submit("linux").await;
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(40))
+        .await;
+    assert_eq!(view.status, "completed", "{view:?}");
+    let kernel = kernel_cpu(&times);
+    assert!(kernel > 0.5, "the burner ran: {kernel} s");
+    let error = (view.cpu_seconds - kernel).abs() / kernel;
+    eprintln!(
+        "busy core: cpuSeconds {} vs kernel {kernel} ({:.2}% off)",
+        view.cpu_seconds,
+        error * 100.0
+    );
+    assert!(
+        error <= 0.10,
+        "cpuSeconds {} vs kernel {kernel}",
+        view.cpu_seconds
+    );
+    let samples = ctl.snapshots(id).await;
+    check_samples(&samples, kernel);
+    check_sampled_along(&samples, kernel);
+    assert_eq!(view.snapshot_count, agent.last_seq(id));
+    assert!(agent.stop().success());
+}
+
+/// A build of 200 short-lived CPU-burning children, each far shorter than
+/// the interval, is counted fully: reaped children's time is included.
+#[tokio::test]
+async fn two_hundred_short_children_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let times = dir.path().join("times.txt");
+    let cmd = format!(
+        "i=0; while [ $i -lt 200 ]; do sh -c 'j=0; while [ $j -lt 2000 ]; do j=$((j+1)); done'; i=$((i+1)); done; times > {}",
+        times.display()
+    );
+    let mut agent = Agent::start(&ctl, "children", &cmd, &["--interval", "1s"]);
+    let id = ctl.submit("linux").await;
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(60))
+        .await;
+    assert_eq!(view.status, "completed", "{view:?}");
+    let kernel = kernel_cpu(&times);
+    let error = (view.cpu_seconds - kernel).abs() / kernel;
+    eprintln!(
+        "200 children: cpuSeconds {} vs kernel {kernel} ({:.2}% off)",
+        view.cpu_seconds,
+        error * 100.0
+    );
+    assert!(
+        error <= 0.10,
+        "cpuSeconds {} vs kernel {kernel}",
+        view.cpu_seconds
+    );
+    let samples = ctl.snapshots(id).await;
+    check_samples(&samples, kernel);
+    if samples.len() >= 3 {
+        check_sampled_along(&samples, kernel);
+    }
+    assert!(agent.stop().success());
+}
+
+/// `--no-telemetry` stores no sample, and the build still completes.
+#[tokio::test]
+async fn no_telemetry_sends_nothing_and_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let mut agent = Agent::start(
+        &ctl,
+        "quiet",
+        "sleep 2",
+        &["--interval", "1s", "--no-telemetry"],
+    );
+    let id = ctl.submit("linux").await;
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(30))
+        .await;
+    assert_eq!(view.status, "completed");
+    assert_eq!(view.snapshot_count, 0);
+    assert!(ctl.snapshots(id).await.is_empty());
+    assert!(agent.stop().success());
+}
+
+/// A failing command is reported failed with its exit status and the end
+/// of its output.
+#[tokio::test]
+async fn failure_reports_status_and_output_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let cmd = "echo \"building $FREEAGENT_BUILD_ID for $FREEAGENT_PLATFORM\"; echo 'error: linker said no' >&2; exit 3";
+    let mut agent = Agent::start(&ctl, "failing", cmd, &["--interval", "1s"]);
+    let id = ctl.submit("linux").await;
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(30))
+        .await;
+    assert_eq!(view.status, "failed");
+    let error = view.error.expect("an error text");
+    assert!(error.starts_with("exit status 3"), "{error}");
+    assert!(
+        error.contains(&format!("building {id} for linux")),
+        "{error}"
+    );
+    assert!(error.ends_with("error: linker said no"), "{error}");
+    assert!(agent.stop().success());
+}
+
+/// `--interval` changes the number of samples accordingly: the same 4 s
+/// build gives about 4 + 1 samples at 1 s and 2 + 1 at 2 s.
+#[tokio::test]
+async fn interval_sets_the_number_of_samples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let mut counts = Vec::new();
+    for (name, interval) in [("every1s", "1s"), ("every2s", "2s")] {
+        let mut agent = Agent::start(&ctl, name, "sleep 4", &["--interval", interval]);
+        let id = ctl.submit("linux").await;
+        let view = ctl
+            .wait_status(id, &["completed"], Duration::from_secs(30))
+            .await;
+        assert_eq!(view.snapshot_count, agent.last_seq(id));
+        counts.push(view.snapshot_count);
+        assert!(agent.stop().success());
+    }
+    eprintln!("samples of a 4 s build at 1 s and 2 s: {counts:?}");
+    assert!((4..=6).contains(&counts[0]), "{counts:?}");
+    assert!((2..=4).contains(&counts[1]), "{counts:?}");
+    assert!(counts[0] > counts[1], "{counts:?}");
+}
+
+/// The controller is killed for 15 s in the middle of a build and restarted
+/// on the same database: the breaker opens and closes, the backlog arrives,
+/// nothing is lost or doubled, and `cpuSeconds` is exact.
+#[tokio::test]
+async fn controller_outage_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ctl = Controller::start(dir.path(), &[]);
+    let times = dir.path().join("times.txt");
+    // About 25 s with a third of a core busy.
+    let cmd = format!(
+        "i=0; while [ $i -lt 25 ]; do timeout 0.3 sh -c 'while :; do :; done'; sleep 0.7; i=$((i+1)); done; times > {}",
+        times.display()
+    );
+    let agent = Agent::start(
+        &ctl,
+        "outage",
+        &cmd,
+        &["--interval", "1s", "--breaker-cooldown", "3s"],
+    );
+    let id = ctl.submit("linux").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ctl.build(id).await.snapshot_count < 2 {
+        assert!(Instant::now() < deadline, "no samples arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.kill();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    ctl.launch();
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(90))
+        .await;
+    assert_eq!(view.status, "completed", "{view:?}");
+    let last_seq = agent.last_seq(id);
+    // Whatever the flush left for later arrives shortly after `complete`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let view = ctl.build(id).await;
+        if view.snapshot_count >= last_seq || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view.snapshot_count, last_seq, "every sample stored once");
+    let kernel = kernel_cpu(&times);
+    let samples = ctl.snapshots(id).await;
+    check_samples(&samples, kernel);
+    assert!(
+        (view.cpu_seconds - kernel).abs() <= 0.02 * kernel + 0.02,
+        "cpuSeconds {} vs kernel {kernel}",
+        view.cpu_seconds
+    );
+    let log = agent.log();
+    assert!(log.contains("circuit breaker opened"), "{log}");
+    assert!(log.contains("circuit breaker closed"), "{log}");
+    eprintln!(
+        "outage: {last_seq} samples, cpuSeconds {} vs kernel {kernel}",
+        view.cpu_seconds
+    );
+}
+
+/// With a tight rate limit (1 request/s, bursts of 2) that someone else on
+/// the same worker token keeps using up, the agent is answered 429, waits as
+/// told, and loses nothing.
+#[tokio::test]
+async fn rate_limited_agent_slows_down_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &["--telemetry-rate", "1"]);
+    let agent = Agent::start(
+        &ctl,
+        "limited",
+        "sleep 8",
+        &["--interval", "1s", "--batch-samples", "1"],
+    );
+    let token = fs::read_to_string(dir.path().join("limited.token")).expect("token");
+    let id = ctl.submit("linux").await;
+    ctl.wait_status(id, &["building"], Duration::from_secs(20))
+        .await;
+    // Spend the worker's telemetry budget for 5 s with empty batches.
+    let hammer_until = Instant::now() + Duration::from_secs(5);
+    let client = http();
+    let mut limited = 0;
+    while Instant::now() < hammer_until {
+        let answer = client
+            .post(format!("{}/api/builds/{id}/telemetry", ctl.url()))
+            .bearer_auth(token.trim())
+            .json(&serde_json::json!({"snapshots": []}))
+            .send()
+            .await
+            .expect("telemetry");
+        if answer.status().as_u16() == 429 {
+            limited += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(limited > 0, "the hammer itself was limited");
+    ctl.wait_status(id, &["completed"], Duration::from_secs(60))
+        .await;
+    let last_seq = agent.last_seq(id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let view = ctl.build(id).await;
+        if view.snapshot_count >= last_seq || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view.snapshot_count, last_seq, "nothing lost");
+    let log = agent.log();
+    assert!(
+        log.contains("telemetry rate limited"),
+        "the agent was told to slow down:\n{log}"
+    );
+    let finished = log
+        .lines()
+        .find(|l| l.contains("build finished"))
+        .expect("finished line");
+    assert!(
+        field(finished, "rate_limited")
+            .parse::<u64>()
+            .expect("count")
+            > 0,
+        "{finished}"
+    );
+    assert_eq!(field(finished, "dropped"), "0", "{finished}");
+}
+
+/// Processes whose environment names this work root.
+fn processes_of(work_root: &Path) -> Vec<i32> {
+    let marker = format!("FREEAGENT_WORK_DIR={}", work_root.display());
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("procfs").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| String::from_utf8_lossy(var).starts_with(&marker))
+        {
+            // A zombie has no environment left to read, so this is live.
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// SIGTERM during a build ends every process of the build (also one that
+/// ignores SIGTERM and one that left the process group), and the agent
+/// exits non-zero because the build was cut short.
+#[tokio::test]
+async fn sigterm_leaves_no_build_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let cmd = "sleep 300 & (trap '' TERM; sleep 300) & setsid sleep 300 & timeout 300 sh -c 'while :; do :; done' & wait";
+    let mut agent = Agent::start(
+        &ctl,
+        "stopped",
+        cmd,
+        &["--interval", "1s", "--kill-grace", "1s"],
+    );
+    let work_root = dir.path().join("stopped-work");
+    let id = ctl.submit("linux").await;
+    ctl.wait_status(id, &["building"], Duration::from_secs(20))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_of(&work_root).len() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "build processes did not start: {:?}",
+            processes_of(&work_root)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait(Duration::from_secs(30));
+    assert!(!status.success(), "a cut build makes a non-zero exit");
+    let left = processes_of(&work_root);
+    assert!(
+        left.is_empty(),
+        "build processes still running: {left:?}\n{}",
+        agent.log()
+    );
+    // Not reported complete: the lease hands it to another worker.
+    assert_eq!(ctl.build(id).await.status, "building");
+}
