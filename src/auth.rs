@@ -49,7 +49,8 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         match bearer_hash(parts) {
             Some(hash) if hash == state.settings.admin_key_hash => Ok(Admin),
-            _ => Err(AppError::Unauthorized),
+            Some(hash) => Err(wrong_secret(state, hash).await),
+            None => Err(AppError::Unauthorized),
         }
     }
 }
@@ -98,7 +99,9 @@ async fn identify_worker(state: &AppState, hash: [u8; 32]) -> Result<WorkerIdent
             .bind(&hash[..])
             .fetch_optional(&state.db.reads)
             .await?;
-    let (id, cpu_cores, memory_mb) = row.ok_or(AppError::Unauthorized)?;
+    let Some((id, cpu_cores, memory_mb)) = row else {
+        return Err(wrong_secret(state, hash).await);
+    };
     let identity = WorkerIdentity {
         id,
         cpu_cores,
@@ -106,6 +109,26 @@ async fn identify_worker(state: &AppState, hash: [u8; 32]) -> Result<WorkerIdent
     };
     lock(&state.caches.workers).insert(hash, identity);
     Ok(identity)
+}
+
+/// The error for a secret that does not grant the resource: 403 when it is
+/// some identity's valid secret, 401 when nobody holds it (SPEC "Identities
+/// and auth").
+pub async fn wrong_secret(state: &AppState, hash: [u8; 32]) -> AppError {
+    if hash == state.settings.admin_key_hash || lock(&state.caches.workers).contains_key(&hash) {
+        return AppError::Forbidden("this secret does not grant this resource".into());
+    }
+    let known: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT 1 FROM workers WHERE token_hash = ?1 UNION ALL SELECT 1 FROM builds WHERE token_hash = ?1 LIMIT 1",
+    )
+    .bind(&hash[..])
+    .fetch_optional(&state.db.reads)
+    .await;
+    match known {
+        Ok(Some(_)) => AppError::Forbidden("this secret does not grant this resource".into()),
+        Ok(None) => AppError::Unauthorized,
+        Err(error) => AppError::Database(error),
+    }
 }
 
 /// Records an authenticated call of worker `id` now, writing it through at

@@ -144,24 +144,15 @@ pub async fn load_build(conn: &mut SqliteConnection, id: i64) -> Result<BuildRow
 
 /// Loads a build for a reader and checks the reader may see it.
 pub async fn authorize_reader(state: &AppState, reader: &BuildReader, id: i64) -> Result<BuildRow> {
-    let mut conn = state.db.reads.acquire().await?;
-    let build = load_build(&mut conn, id).await?;
-    match reader {
-        BuildReader::Admin => Ok(build),
-        BuildReader::Token(hash) if build.token_hash == hash[..] => Ok(build),
-        BuildReader::Token(hash) => {
-            let known: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM builds WHERE token_hash = ?")
-                    .bind(&hash[..])
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            match known {
-                Some(_) => Err(AppError::Forbidden(
-                    "this build token grants another build".into(),
-                )),
-                None => Err(AppError::Unauthorized),
-            }
-        }
+    let build = {
+        let mut conn = state.db.reads.acquire().await?;
+        load_build(&mut conn, id).await
+    };
+    match (reader, build) {
+        (BuildReader::Admin, build) => build,
+        (BuildReader::Token(hash), Ok(build)) if build.token_hash == hash[..] => Ok(build),
+        // Unknown secrets learn nothing, not even whether the build exists.
+        (BuildReader::Token(hash), _) => Err(crate::auth::wrong_secret(state, *hash).await),
     }
 }
 

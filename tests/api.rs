@@ -2283,3 +2283,35 @@ async fn no_client_input_produces_500() {
     }
     assert_eq!(app.build(claimed.id).await.status, "building");
 }
+
+/// A valid secret on a resource it does not grant is 403 (a worker token
+/// reading a build, on an admin route; an admin key on a worker route); a
+/// secret nobody holds is 401 and learns nothing about which builds exist.
+#[tokio::test]
+async fn valid_secret_on_wrong_resource_is_403_unknown_is_401() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let build = app.submit_build(LINUX).await;
+    let path = format!("/api/builds/{}", build.id);
+    let status = app.get(&path, Some(&worker.token)).await.status();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let status = app
+        .post_json(
+            "/api/builds",
+            Some(&worker.token),
+            &json!({"platform": "linux"}),
+        )
+        .await
+        .status();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let status = app
+        .post_json("/api/workers/heartbeat", Some(ADMIN_KEY), &json!({}))
+        .await
+        .status();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for missing in [path.as_str(), "/api/builds/999999"] {
+        let status = app.get(missing, Some("nobody-holds-this")).await.status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{missing}");
+    }
+    assert_eq!(app.stats().await.builds_queued, 1);
+}
