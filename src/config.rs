@@ -25,8 +25,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
     pub listen: std::net::SocketAddr,
 
-    /// Admin key. When none is given one is generated into `data/admin.key`
-    /// (mode 0600) next to the default database.
+    /// Admin key. When none is given, the one in `data/admin.key` is used,
+    /// generated there (mode 0600) when missing.
     #[arg(long, env = "FREEAGENT_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
