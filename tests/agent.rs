@@ -414,7 +414,7 @@ async fn two_hundred_short_children_are_counted() {
     let ctl = Controller::start(dir.path(), &[]);
     let times = dir.path().join("times.txt");
     let cmd = format!(
-        "i=0; while [ $i -lt 200 ]; do sh -c 'j=0; while [ $j -lt 2000 ]; do j=$((j+1)); done'; i=$((i+1)); done; times > {}",
+        "i=0; while [ $i -lt 200 ]; do sh -c 'j=0; while [ $j -lt 5000 ]; do j=$((j+1)); done'; i=$((i+1)); done; times > {}",
         times.display()
     );
     let mut agent = Agent::start(&ctl, "children", &cmd, &["--interval", "1s"]);
@@ -700,4 +700,74 @@ async fn sigterm_leaves_no_build_process() {
     );
     // Not reported complete: the lease hands it to another worker.
     assert_eq!(ctl.build(id).await.status, "building");
+}
+
+/// `freeagent simulate --workers 50` keeps the network's counters moving
+/// and gets nothing but 2xx answers.
+#[tokio::test]
+async fn simulate_fifty_workers_moves_the_counters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &["--stats-ttl", "0s"]);
+    let out = fs::File::create(dir.path().join("simulate.out")).expect("out");
+    let mut sim = Command::new(BIN)
+        .args([
+            "simulate",
+            "--controller",
+            &ctl.url(),
+            "--admin-key",
+            ADMIN_KEY,
+        ])
+        .args([
+            "--workers",
+            "50",
+            "--builds-per-minute",
+            "240",
+            "--duration",
+            "12s",
+        ])
+        .args(["--min-build", "1s", "--max-build", "4s", "--interval", "1s"])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start simulate");
+    let stats = || async {
+        http()
+            .get(ctl.url() + "/api/stats")
+            .send()
+            .await
+            .expect("stats")
+            .json::<serde_json::Value>()
+            .await
+            .expect("stats json")
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let early = stats().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = stats().await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = sim.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "simulate did not stop after its duration"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let summary = fs::read_to_string(dir.path().join("simulate.out")).expect("summary");
+    eprintln!("{summary}");
+    assert!(status.success(), "{summary}");
+    assert!(summary.contains("answers other than 2xx: 0"), "{summary}");
+    assert_eq!(later["nodesOnline"], 50, "{later}");
+    let figure = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_default();
+    assert!(
+        figure(&later, "totalCpuSeconds") > figure(&early, "totalCpuSeconds"),
+        "{early} -> {later}"
+    );
+    assert!(
+        figure(&later, "totalBuilds") > figure(&early, "totalBuilds"),
+        "{early} -> {later}"
+    );
 }
