@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::SqliteConnection;
 
@@ -385,6 +386,34 @@ async fn show(
     Ok(Json(build.view()))
 }
 
+/// Runs `change` on build `id` in the writer, after checking it exists (404)
+/// and is assigned to `worker` (403); answers the build as it is after.
+async fn change_assigned_build<F>(
+    state: &AppState,
+    worker: WorkerIdentity,
+    id: i64,
+    change: F,
+) -> Result<BuildView>
+where
+    F: for<'c> FnOnce(&'c mut SqliteConnection, BuildRow) -> BoxFuture<'c, Result<()>>
+        + Send
+        + 'static,
+{
+    state
+        .db
+        .writer
+        .write(move |conn| {
+            async move {
+                let build = load_build(conn, id).await?;
+                build.require_worker(&worker)?;
+                change(&mut *conn, build).await?;
+                Ok(load_build(conn, id).await?.view())
+            }
+            .boxed()
+        })
+        .await
+}
+
 async fn start(
     State(state): State<AppState>,
     Worker(worker): Worker,
@@ -392,35 +421,28 @@ async fn start(
 ) -> Result<Json<BuildView>> {
     let id = parse_build_id(&id)?;
     let now = now_ms();
-    let view = state
-        .db
-        .writer
-        .write(move |conn| {
-            async move {
-                let build = load_build(conn, id).await?;
-                build.require_worker(&worker)?;
-                match build.status.as_str() {
-                    status::BUILDING => {}
-                    status::ASSIGNED => {
-                        sqlx::query(
-                            "UPDATE builds SET status = 'building', started_at = ? WHERE id = ?",
-                        )
-                        .bind(now)
-                        .bind(id)
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    other => {
-                        return Err(AppError::Conflict(format!(
-                            "a {other} build cannot be started"
-                        )))
-                    }
+    let view = change_assigned_build(&state, worker, id, move |conn, build| {
+        async move {
+            match build.status.as_str() {
+                status::BUILDING => Ok(()),
+                status::ASSIGNED => {
+                    sqlx::query(
+                        "UPDATE builds SET status = 'building', started_at = ? WHERE id = ?",
+                    )
+                    .bind(now)
+                    .bind(build.id)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
                 }
-                Ok(load_build(conn, id).await?.view())
+                other => Err(AppError::Conflict(format!(
+                    "a {other} build cannot be started"
+                ))),
             }
-            .boxed()
-        })
-        .await?;
+        }
+        .boxed()
+    })
+    .await?;
     Ok(Json(view))
 }
 
@@ -441,33 +463,27 @@ async fn complete(
         ));
     }
     let now = now_ms();
-    let view = state
-        .db
-        .writer
-        .write(move |conn| {
-            async move {
-                let build = load_build(conn, id).await?;
-                build.require_worker(&worker)?;
-                let target = if body.success {
-                    status::COMPLETED
-                } else {
-                    status::FAILED
-                };
-                if build.status == target {
-                    return Ok(build.view());
-                }
-                if build.status != status::BUILDING {
-                    return Err(AppError::Conflict(format!(
-                        "a {} build cannot be completed as {target}",
-                        build.status
-                    )));
-                }
-                finish(conn, &build, target, body.error.as_deref(), now).await?;
-                Ok(load_build(conn, id).await?.view())
+    let view = change_assigned_build(&state, worker, id, move |conn, build| {
+        async move {
+            let target = if body.success {
+                status::COMPLETED
+            } else {
+                status::FAILED
+            };
+            if build.status == target {
+                return Ok(());
             }
-            .boxed()
-        })
-        .await?;
+            if build.status != status::BUILDING {
+                return Err(AppError::Conflict(format!(
+                    "a {} build cannot be completed as {target}",
+                    build.status
+                )));
+            }
+            finish(conn, &build, target, body.error.as_deref(), now).await
+        }
+        .boxed()
+    })
+    .await?;
     tracing::info!(build_id = id, status = %view.status, cpu_seconds = view.cpu_seconds, "build finished");
     Ok(Json(view))
 }
