@@ -251,6 +251,10 @@ async fn acknowledged_samples_survive_sigkill() {
         controller.kill9().await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let got = load.await.unwrap();
+        eprintln!(
+            "round {round}: {} samples acknowledged before SIGKILL",
+            got.len()
+        );
         assert!(
             !got.is_empty(),
             "round {round}: some samples were acknowledged before the kill"

@@ -12,7 +12,8 @@
 //!
 //! Replays of earlier requests and purges are steps too, each checked to
 //! change no figure. A failure prints the seed and step; rerun one seed with
-//! `FREEAGENT_SEED=<n> cargo test --features ssr --test invariants`.
+//! `FREEAGENT_SEED=<n> cargo test --features ssr --test invariants`, and add
+//! `FREEAGENT_TRACE=1 ... -- --nocapture` to see every step.
 
 mod common;
 
@@ -28,7 +29,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// Steps per seeded sequence.
-const STEPS: usize = 70;
+const STEPS: usize = 120;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CounterMode {
@@ -78,7 +79,8 @@ struct Sim {
     /// Every sample row ever read from the database, by (build, seq).
     seen_rows: BTreeMap<(i64, i64), RawSample>,
     log: Vec<Logged>,
-    purged: bool,
+    /// Keys of the samples expected when the last purge ran (they may be gone).
+    purged: BTreeSet<(i64, i64)>,
     last: Option<NetworkStats>,
     next_invalid_seq: i64,
 }
@@ -109,7 +111,7 @@ impl Sim {
             expected: BTreeMap::new(),
             seen_rows: BTreeMap::new(),
             log: Vec::new(),
-            purged: false,
+            purged: BTreeSet::new(),
             last: None,
             next_invalid_seq: 1_000_000,
         }
@@ -152,15 +154,15 @@ impl Sim {
     async fn step(&mut self) -> (String, bool) {
         let roll = self.rng.gen_range(0..100);
         match roll {
-            0..=9 => (self.submit().await, false),
-            10..=19 => (self.poll().await, false),
-            20..=27 => (self.transition().await, false),
-            28..=59 => self.telemetry().await,
-            60..=66 => (self.legacy().await, false),
-            67..=68 => (self.legacy_event().await, false),
-            69..=82 => (self.replay().await, false),
-            83..=85 => (self.purge().await, false),
-            86..=89 => (self.wrong_worker().await, false),
+            0..=7 => (self.submit().await, false),
+            8..=19 => (self.poll().await, false),
+            20..=35 => (self.transition().await, false),
+            36..=65 => self.telemetry().await,
+            66..=71 => (self.legacy().await, false),
+            72..=73 => (self.legacy_event().await, false),
+            74..=88 => (self.replay().await, false),
+            89..=90 => (self.purge().await, false),
+            91..=94 => (self.wrong_worker().await, false),
             _ => (self.heartbeat().await, false),
         }
     }
@@ -227,7 +229,15 @@ impl Sim {
 
     /// start, complete or cancel a random build, allowed or not.
     async fn transition(&mut self) -> String {
-        let candidates = self.builds_where(|b| b.worker.is_some() || b.status == "pending");
+        // Mostly builds that a worker holds; now and then a queued one (cancel).
+        let with_worker = self.rng.gen_bool(0.85);
+        let candidates = self.builds_where(|b| {
+            if with_worker {
+                b.worker.is_some()
+            } else {
+                b.status == "pending"
+            }
+        });
         let Some(i) = self.pick(&candidates) else {
             return "no build to move".into();
         };
@@ -322,7 +332,11 @@ impl Sim {
             model.outcome = Some(next == "completed");
         }
         model.status = next;
-        self.log.push(logged.clone());
+        // A refused request is no replay candidate: once the state allows
+        // it, sending it again is a new request, not a replay.
+        if got == StatusCode::OK {
+            self.log.push(logged.clone());
+        }
         format!("{} on a {status} build -> {got}", logged.path)
     }
 
@@ -689,7 +703,7 @@ impl Sim {
     async fn purge(&mut self) -> String {
         let before = self.observable().await;
         let removed = self.app.purge(0).await;
-        self.purged = true;
+        self.purged = self.expected.keys().copied().collect();
         let after = self.observable().await;
         let context = self.context("purge");
         assert_eq!(after.0, before.0, "stats changed by a {context}");
@@ -719,17 +733,15 @@ impl Sim {
                 assert_eq!(previous, row, "a stored sample changed {context}");
             }
         }
-        if !self.purged {
-            let missing: Vec<_> = self
-                .expected
-                .keys()
-                .filter(|k| !stored.contains(k))
-                .collect();
-            assert!(
-                missing.is_empty(),
-                "accepted samples missing {missing:?} {context}"
-            );
-        }
+        let missing: Vec<_> = self
+            .expected
+            .keys()
+            .filter(|k| !stored.contains(k) && !self.purged.contains(k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "accepted samples missing {missing:?} {context}"
+        );
         for b in &builds {
             let model = self
                 .builds
@@ -796,12 +808,18 @@ impl Sim {
 async fn run_seed(seed: u64) {
     let mut sim = Sim::new(seed).await;
     // Start with some work in flight so that every kind of step has a target.
-    for _ in 0..3 {
+    for _ in 0..4 {
         sim.submit().await;
+    }
+    for _ in 0..3 {
+        sim.poll().await;
     }
     for step in 1..=STEPS {
         sim.step = step;
         let (did, may_lower_cpu) = sim.step().await;
+        if std::env::var_os("FREEAGENT_TRACE").is_some() {
+            eprintln!("seed {seed} step {step}: {did}");
+        }
         sim.check(&did, may_lower_cpu).await;
     }
     // Finish: every build still takes replays, and a final purge changes nothing.
