@@ -663,13 +663,15 @@ fn processes_of(work_root: &Path) -> Vec<i32> {
 }
 
 /// SIGTERM during a build ends every process of the build (also one that
-/// ignores SIGTERM and one that left the process group), and the agent
+/// ignores SIGTERM and ones that left the process group), and the agent
 /// exits non-zero because the build was cut short.
 #[tokio::test]
 async fn sigterm_leaves_no_build_process() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ctl = Controller::start(dir.path(), &[]);
-    let cmd = "sleep 300 & (trap '' TERM; sleep 300) & setsid sleep 300 & timeout 300 sh -c 'while :; do :; done' & wait";
+    // A plain child, one that ignores SIGTERM, one that left the process
+    // group, an orphan that left it (its parent exited), a CPU burner.
+    let cmd = "sleep 300 & (trap '' TERM; sleep 300) & setsid sleep 300 & (setsid sleep 300 &); timeout 300 sh -c 'while :; do :; done' & wait";
     let mut agent = Agent::start(
         &ctl,
         "stopped",
@@ -681,7 +683,7 @@ async fn sigterm_leaves_no_build_process() {
     ctl.wait_status(id, &["building"], Duration::from_secs(20))
         .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while processes_of(&work_root).len() < 6 {
+    while processes_of(&work_root).len() < 7 {
         assert!(
             Instant::now() < deadline,
             "build processes did not start: {:?}",
@@ -770,4 +772,40 @@ async fn simulate_fifty_workers_moves_the_counters() {
         figure(&later, "totalBuilds") > figure(&early, "totalBuilds"),
         "{early} -> {later}"
     );
+}
+
+/// A daemon the build leaves behind (it left the process group and its
+/// parent exited) is counted while it runs and ended with the build.
+#[tokio::test]
+async fn orphaned_daemon_is_counted_and_ended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let cmd = "(setsid sh -c 'while :; do :; done' &); sleep 2";
+    let mut agent = Agent::start(
+        &ctl,
+        "daemon",
+        cmd,
+        &["--interval", "1s", "--kill-grace", "1s"],
+    );
+    let work_root = dir.path().join("daemon-work");
+    let id = ctl.submit("linux").await;
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(30))
+        .await;
+    assert_eq!(view.status, "completed", "{view:?}");
+    eprintln!(
+        "orphan burning for the 2 s of its build: cpuSeconds {}",
+        view.cpu_seconds
+    );
+    assert!(
+        view.cpu_seconds >= 0.5,
+        "the orphan's CPU time was counted: {view:?}"
+    );
+    assert!(
+        view.cpu_seconds <= 2.0 * 1.1 + 1.0,
+        "one process for about 2 s: {view:?}"
+    );
+    let left = processes_of(&work_root);
+    assert!(left.is_empty(), "the daemon outlived its build: {left:?}");
+    assert!(agent.stop().success());
 }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -100,6 +102,8 @@ struct Worker {
     memory_mb: f64,
     units: Units,
     work_root: PathBuf,
+    /// This agent's pid when it is the subreaper of its builds' orphans.
+    adopter: Option<i32>,
     shutdown: Shutdown,
     /// Deliveries still sending a finished build's backlog.
     backlog: Vec<(Delivery, JoinHandle<DeliveryStats>)>,
@@ -162,6 +166,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         memory_mb,
         units: Units::of_this_machine(),
         work_root,
+        adopter: become_subreaper(),
         shutdown,
         backlog: Vec::new(),
         args,
@@ -382,10 +387,6 @@ impl Worker {
             .await;
         let cut_short = self.shutdown.is_set() && ended.cut;
 
-        // Leftovers of a finished command (daemons it started) end with it;
-        // a cut build's processes were already asked to stop.
-        end_group(pid, self.args.kill_grace).await;
-
         let mut stats = DeliveryStats::default();
         if let Some((delivery, task)) = delivery {
             delivery.close();
@@ -446,7 +447,13 @@ impl Worker {
         delivery: Option<&Delivery>,
     ) -> (Ended, CpuMeter, i64) {
         let interval = self.args.interval;
-        let mut waiter = tokio::task::spawn_blocking(move || wait_child(pid));
+        let adopter = self.adopter;
+        // CPU time of the build's orphans that this agent reaped, µs.
+        let reaped = Arc::new(AtomicU64::new(0));
+        let mut waiter = {
+            let reaped = reaped.clone();
+            tokio::task::spawn_blocking(move || wait_child(pid, adopter.is_some(), &reaped))
+        };
         let mut meter = CpuMeter::new(self.cores);
         let mut seq = 0i64;
         let mut last = Instant::now();
@@ -462,13 +469,16 @@ impl Worker {
                     break result.unwrap_or_else(|e| Ended::unknown(format!("waiting for the build failed: {e}")));
                 }
                 _ = ticker.tick() => {
-                    let reading = tokio::task::spawn_blocking(move || sampler::read_tree(pid, units)).await;
+                    // Read before the tree: an orphan reaped in between is
+                    // then missed once rather than counted twice.
+                    let reaped_s = micros_to_s(reaped.load(Ordering::SeqCst));
+                    let reading = tokio::task::spawn_blocking(move || sampler::read_tree(pid, adopter, units)).await;
                     let now = Instant::now();
                     match reading {
                         Ok(Ok(reading)) => {
                             let wall = now.duration_since(last).as_secs_f64();
                             last = now;
-                            let (counter, percent) = meter.observe(reading.cpu_time_s, wall);
+                            let (counter, percent) = meter.observe(reaped_s + reading.cpu_time_s, wall);
                             memory_mb = reading.memory_mb.min(self.memory_mb);
                             seq += 1;
                             tracing::debug!(build_id = id, seq, processes = reading.processes, cpu_time_s = counter, cpu_percent = percent, memory_mb, "sampled");
@@ -482,23 +492,33 @@ impl Worker {
                 }
                 _ = shutdown.wait(), if stopping.is_none() => {
                     tracing::warn!(build_id = id, pid, "ending the build's process group");
-                    stopping = Some(tokio::spawn(end_group(pid, self.args.kill_grace)));
+                    stopping = Some(tokio::spawn(end_group(pid, adopter, self.args.kill_grace)));
                 }
             }
         };
         ended.cut = stopping.is_some();
-        // The command has exited and was reaped: its rusage holds the CPU
-        // time of everything it waited for, exactly.
+        if let Some(task) = stopping {
+            let _ = task.await;
+        }
+        // Leftovers of a finished command (daemons it started) end with it;
+        // then the orphans among them are reaped so their time is counted
+        // here and not in the next build.
+        end_group(pid, adopter, self.args.kill_grace).await;
+        if adopter.is_some() {
+            let reaped = reaped.clone();
+            let limit = self.args.kill_grace + Duration::from_secs(1);
+            let _ = tokio::task::spawn_blocking(move || reap_orphans(&reaped, limit)).await;
+        }
+        // The command was reaped: its rusage holds the CPU time of
+        // everything it waited for, and the orphans' rusage the rest.
+        let total = ended.cpu_time_s + micros_to_s(reaped.load(Ordering::SeqCst));
         // The last stretch may be milliseconds long; over at least a second
         // the rounding of /proc's clock ticks does not read as a spike.
         let wall = Instant::now().duration_since(last).as_secs_f64().max(1.0);
-        let (counter, percent) = meter.observe(ended.cpu_time_s, wall);
+        let (counter, percent) = meter.observe(total, wall);
         seq += 1;
         if let Some(d) = delivery {
             d.push(sample(seq, counter, percent, memory_mb, interval));
-        }
-        if let Some(task) = stopping {
-            let _ = task.await;
         }
         (ended, meter, seq)
     }
@@ -664,35 +684,92 @@ fn spawn_build(
     i32::try_from(child.id()).map_err(std::io::Error::other)
 }
 
+fn micros_to_s(micros: u64) -> f64 {
+    micros as f64 / 1e6
+}
+
+fn rusage_micros(usage: &libc::rusage) -> u64 {
+    let micros = |t: libc::timeval| {
+        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
+    };
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
+/// Makes this process the subreaper of its descendants, so a build's
+/// orphans (daemons, double forks, `setsid`) are reparented to the agent:
+/// they stay visible, countable and killable. Returns our pid when it
+/// worked.
+fn become_subreaper() -> Option<i32> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag on us.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r == 0 {
+        i32::try_from(std::process::id()).ok()
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot adopt the builds' orphans; their CPU time after they leave the tree is not counted");
+        None
+    }
+}
+
 /// Waits for `pid` with `wait4`, returning its status and the CPU time of
-/// it and every descendant it waited for. Blocking.
-fn wait_child(pid: i32) -> Ended {
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data; zeroed is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+/// it and every descendant it waited for. As subreaper (`adopted`) it also
+/// reaps the build's orphans as they exit, adding their CPU time to
+/// `reaped` (µs). Blocking.
+fn wait_child(pid: i32, adopted: bool, reaped: &AtomicU64) -> Ended {
+    let target = if adopted { -1 } else { pid };
     loop {
-        // SAFETY: pid is our own child; the pointers are to live locals.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain old data; zeroed is a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: the pointers are to live locals.
+        let r = unsafe { libc::wait4(target, &mut status, 0, &mut usage) };
         if r == pid {
-            break;
+            return Ended {
+                status: exit_status(status),
+                cpu_time_s: micros_to_s(rusage_micros(&usage)),
+                cut: false,
+            };
+        }
+        if r > 0 {
+            reaped.fetch_add(rusage_micros(&usage), Ordering::SeqCst);
+            continue;
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {
             return Ended::unknown(err.to_string());
         }
     }
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let exit = if libc::WIFEXITED(status) {
+}
+
+/// Reaps the build's remaining orphans (already signalled), adding their
+/// CPU time to `reaped`, until none is left or `limit` passed. Blocking.
+fn reap_orphans(reaped: &AtomicU64, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: as in wait_child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
+        if r > 0 {
+            reaped.fetch_add(rusage_micros(&usage), Ordering::SeqCst);
+            continue;
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return; // ECHILD: no child left.
+        }
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn exit_status(status: libc::c_int) -> ExitStatus {
+    if libc::WIFEXITED(status) {
         ExitStatus::Code(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
         ExitStatus::Signal(libc::WTERMSIG(status))
     } else {
         ExitStatus::Unknown(format!("wait status {status}"))
-    };
-    Ended {
-        status: exit,
-        cpu_time_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        cut: false,
     }
 }
 
@@ -708,8 +785,8 @@ fn signal_all(pgid: i32, pids: &[i32], signal: libc::c_int) {
 
 /// Ends every process of the build: SIGTERM to its group and tree, then
 /// SIGKILL to whatever is left after `grace`.
-async fn end_group(pgid: i32, grace: Duration) {
-    let scan = move || tokio::task::spawn_blocking(move || sampler::tree_pids(pgid));
+async fn end_group(pgid: i32, adopter: Option<i32>, grace: Duration) {
+    let scan = move || tokio::task::spawn_blocking(move || sampler::tree_pids(pgid, adopter));
     let pids = scan().await.unwrap_or_default();
     if pids.is_empty() {
         return;
@@ -766,7 +843,7 @@ mod tests {
         let log = dir.path().join("w.log");
         let cmd = "echo \"$FREEAGENT_BUILD_ID $FREEAGENT_PLATFORM\"; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sh -c 'exit 3'";
         let pid = spawn_build(cmd, 7, "linux", &work, &log).expect("spawns");
-        let ended = tokio::task::spawn_blocking(move || wait_child(pid))
+        let ended = tokio::task::spawn_blocking(move || wait_child(pid, false, &AtomicU64::new(0)))
             .await
             .expect("joins");
         assert_eq!(ended.status, ExitStatus::Code(3));

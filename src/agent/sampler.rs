@@ -29,6 +29,8 @@ pub struct ProcStat {
     pub cstime: u64,
     /// Resident set size, pages.
     pub rss_pages: u64,
+    /// Exited, not yet reaped: its times still count, it cannot be signalled.
+    pub zombie: bool,
 }
 
 impl ProcStat {
@@ -61,13 +63,16 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         cutime: u64::try_from(int(16)?).unwrap_or(0),
         cstime: u64::try_from(int(17)?).unwrap_or(0),
         rss_pages: u64::try_from(int(24)?).unwrap_or(0),
+        zombie: field(3)? == "Z",
     })
 }
 
 /// The processes of a build, parents before children: the descendants of
-/// `root` and every process still in its process group (`root` leads it), so
-/// orphans left in the group are counted too.
-pub fn tree_order(root: i32, procs: &[ProcStat]) -> Vec<i32> {
+/// `root`, every process still in its process group (`root` leads it), and
+/// the children of `adopter` (the agent, when it is the build's subreaper:
+/// orphans of the build are reparented to it, even those that left the
+/// group).
+pub fn tree_order(root: i32, adopter: Option<i32>, procs: &[ProcStat]) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for p in procs {
         children.entry(p.ppid).or_default().push(p.pid);
@@ -79,6 +84,9 @@ pub fn tree_order(root: i32, procs: &[ProcStat]) -> Vec<i32> {
         starts.push(root);
     }
     starts.extend(procs.iter().filter(|p| p.pgrp == root).map(|p| p.pid));
+    if let Some(adopter) = adopter {
+        starts.extend(procs.iter().filter(|p| p.ppid == adopter).map(|p| p.pid));
+    }
     for start in starts {
         let mut queue = VecDeque::from([start]);
         while let Some(pid) = queue.pop_front() {
@@ -172,19 +180,24 @@ fn all_processes() -> std::io::Result<Vec<ProcStat>> {
 /// The first pass finds the tree; the second rereads its members parents
 /// first, so a child reaped in between is counted at most once (an
 /// undercount is corrected by the next sample, an overcount never would be).
-pub fn read_tree(root: i32, units: Units) -> std::io::Result<TreeReading> {
+pub fn read_tree(root: i32, adopter: Option<i32>, units: Units) -> std::io::Result<TreeReading> {
     let procs = all_processes()?;
-    let order = tree_order(root, &procs);
+    let order = tree_order(root, adopter, &procs);
     let stats: Vec<ProcStat> = order.into_iter().filter_map(read_stat).collect();
     Ok(sum_tree(&stats, units))
 }
 
-/// Every pid in the tree of `root` (for ending the build). Blocking.
-pub fn tree_pids(root: i32) -> Vec<i32> {
-    match all_processes() {
-        Ok(procs) => tree_order(root, &procs),
-        Err(_) => Vec::new(),
-    }
+/// Every live (not zombie) pid in the tree of `root`, for ending the
+/// build. Blocking.
+pub fn tree_pids(root: i32, adopter: Option<i32>) -> Vec<i32> {
+    let Ok(procs) = all_processes() else {
+        return Vec::new();
+    };
+    let zombies: HashSet<i32> = procs.iter().filter(|p| p.zombie).map(|p| p.pid).collect();
+    tree_order(root, adopter, &procs)
+        .into_iter()
+        .filter(|pid| !zombies.contains(pid))
+        .collect()
 }
 
 /// Keeps the reported counter monotone and derives CPU percent from it.
@@ -264,6 +277,7 @@ mod tests {
             cutime: 0,
             cstime: 0,
             rss_pages: 1,
+            zombie: false,
         }
     }
 
@@ -278,6 +292,7 @@ mod tests {
         assert_eq!(p.pgrp, 4242);
         assert_eq!((p.utime, p.stime, p.cutime, p.cstime), (150, 25, 1000, 200));
         assert_eq!(p.rss_pages, 2560);
+        assert!(!p.zombie);
         assert_eq!(p.total_ticks(), 1375);
     }
 
@@ -314,14 +329,23 @@ mod tests {
             stat(50, 1, 50, 0),  // stranger
             stat(60, 10, 60, 0), // child that left the group
         ];
-        let order = tree_order(10, &procs);
+        let order = tree_order(10, None, &procs);
         assert_eq!(order, vec![10, 20, 60, 30, 40, 41]);
+        // An orphan that left the group, adopted by the agent (pid 5).
+        let mut adopted = procs.clone();
+        adopted.push(stat(70, 5, 70, 0));
+        adopted.push(stat(71, 70, 70, 0));
+        assert_eq!(
+            tree_order(10, Some(5), &adopted),
+            vec![10, 20, 60, 30, 40, 41, 70, 71]
+        );
+        assert_eq!(tree_order(10, None, &adopted), order);
     }
 
     /// Nothing is counted for a root that is gone and left no group.
     #[test]
     fn empty_tree() {
-        assert!(tree_order(99, &[stat(1, 0, 1, 5)]).is_empty());
+        assert!(tree_order(99, None, &[stat(1, 0, 1, 5)]).is_empty());
     }
 
     /// Ticks and pages convert to seconds and MiB.
@@ -366,7 +390,7 @@ mod tests {
     #[test]
     fn reads_own_tree() {
         let me = std::process::id() as i32;
-        let r = read_tree(me, Units::of_this_machine()).expect("procfs");
+        let r = read_tree(me, None, Units::of_this_machine()).expect("procfs");
         assert!(r.processes >= 1);
         assert!(r.memory_mb > 0.0);
     }
