@@ -52,6 +52,7 @@ test('the server HTML already holds the figures /api/stats returns', async () =>
   expect(figure(html, 'builds-today')).toBe(count(stats.buildsToday));
   expect(figure(html, 'total-builds')).toBe(count(stats.totalBuilds));
   expect(figure(html, 'total-cpu-time')).toBe(cpuHours(stats.totalCpuSeconds));
+  expect(figure(html, 'total-cpu-unit')).toBe('CPU-hours');
   expect(figure(html, 'cores-busy')).toBe(stats.cpuCoresBusy.toFixed(1));
   expect(figure(html, 'data-source')).toBe('Live');
   expect(html).toContain('CPU-hours');

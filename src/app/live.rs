@@ -240,12 +240,17 @@ pub fn Network(first: Landing) -> AnyView {
                     <Counter id="total-build-time" label="Total build time" hint="of finished builds" value=f(|s| format::duration_ms(s.total_build_time_ms))/>
                     <div class="counter">
                         <dt>"Total CPU time"</dt>
-                        <dd class="figure">
-                            <span id="total-cpu-time">{move || stats.with(|s| format::cpu_time(s.total_cpu_seconds).0)}</span>
-                            " "
-                            <span class="unit">{move || stats.with(|s| format::cpu_time(s.total_cpu_seconds).1)}</span>
+                        // The unit sits on its own line: next to the amount it
+                        // would move whenever the amount's width changes.
+                        <dd class="figure" id="total-cpu-time">
+                            {move || stats.with(|s| format::cpu_time(s.total_cpu_seconds).0)}
                         </dd>
-                        <dd class="hint">"given by volunteers"</dd>
+                        <dd class="hint">
+                            <span class="unit" id="total-cpu-unit">
+                                {move || stats.with(|s| format::cpu_time(s.total_cpu_seconds).1)}
+                            </span>
+                            " given by volunteers"
+                        </dd>
                     </div>
                 </dl>
                 <p class="visually-hidden" id="announcement">{move || announcement.get()}</p>
