@@ -275,7 +275,8 @@ impl Worker {
     }
 
     /// Retries `call` while it fails in a retryable way, up to
-    /// `REPORT_PATIENCE`; gives up early on the signal unless `through_signal`.
+    /// `REPORT_PATIENCE`; on the signal gives up at once, or with
+    /// `through_signal` after at most `--flush-timeout` more.
     async fn report<F, Fut>(
         &mut self,
         what: &'static str,
@@ -287,9 +288,15 @@ impl Worker {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), CallError>>,
     {
-        let deadline = Instant::now() + REPORT_PATIENCE;
+        let mut deadline = Instant::now() + REPORT_PATIENCE;
+        let mut hurried = false;
         let mut failures = 0;
         loop {
+            if through_signal && !hurried && self.shutdown.is_set() {
+                // Stopping: keep trying, but no longer than a flush may take.
+                hurried = true;
+                deadline = deadline.min(Instant::now() + self.args.flush_timeout);
+            }
             match call().await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
@@ -300,7 +307,8 @@ impl Worker {
                             ..
                         } => *d,
                         _ => retry_delay(failures),
-                    };
+                    }
+                    .min(deadline.saturating_duration_since(Instant::now()));
                     tracing::warn!(build_id = build, call = what, error = %e, delay_ms = delay.as_millis() as u64, "call failed; retrying");
                     if through_signal {
                         tokio::time::sleep(delay).await;
