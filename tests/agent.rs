@@ -809,3 +809,42 @@ async fn orphaned_daemon_is_counted_and_ended() {
     assert!(left.is_empty(), "the daemon outlived its build: {left:?}");
     assert!(agent.stop().success());
 }
+
+/// An agent whose token the controller refuses says so and exits non-zero
+/// at once instead of polling forever; the token file `register` wrote is
+/// readable by its owner only.
+#[tokio::test]
+async fn refused_token_stops_the_agent() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let token_file = ctl.register("private");
+    let mode = fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    fs::write(&token_file, "not-a-token\n").expect("overwrite");
+    let out = Command::new(BIN)
+        .args([
+            "agent",
+            "--controller",
+            &ctl.url(),
+            "--platform",
+            "linux",
+            "--build-command",
+            "true",
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agent");
+    assert!(!out.status.success());
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(stderr.contains("refused this worker's token"), "{stderr}");
+    assert!(
+        !stderr.contains("not-a-token"),
+        "never logs a token: {stderr}"
+    );
+}

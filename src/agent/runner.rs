@@ -182,7 +182,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
     let result = worker.poll_loop().await;
     heartbeat.abort();
     worker.drain_backlog().await;
-    let _ = remove_dir(worker.work_root.clone()).await;
+    if worker.args.work_root.is_none() {
+        // Only the folder the agent made up itself; a given one may hold
+        // the volunteer's own files.
+        let _ = remove_dir(worker.work_root.clone()).await;
+    }
     let cut_short = result?;
     tracing::info!(cut_short, "worker stopped");
     Ok(if cut_short {
