@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use freeagent::stats::NetworkStats;
 use freeagent::wire::{BuildView, Snapshot, TelemetryAnswer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -797,6 +798,60 @@ async fn worker_and_build_tokens_do_not_open_admin_routes() {
     assert_eq!((stats.builds_queued, stats.nodes_online), (1, 1));
 }
 
+/// Only a worker token acts as a worker: the admin key and build tokens are
+/// refused (401 or 403, SPEC leaves which open) on heartbeat, poll, start,
+/// complete and telemetry (current and legacy bodies), and a worker token
+/// cannot read or cancel builds; nothing changes.
+#[tokio::test]
+async fn only_worker_tokens_act_as_workers() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.assigned_build(&worker, LINUX).await;
+    let id = claimed.id;
+    let queued = app.submit_build(LINUX).await;
+    let refused =
+        |status: StatusCode| status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    for secret in [ADMIN_KEY, claimed.access_token.as_str()] {
+        for path in [
+            "/api/workers/heartbeat".to_string(),
+            "/api/workers/poll".to_string(),
+            format!("/api/builds/{id}/start"),
+        ] {
+            let status = app.post_empty(&path, Some(secret)).await.status();
+            assert!(refused(status), "{path}: {status}");
+        }
+        for (path, body) in [
+            (
+                format!("/api/builds/{id}/complete"),
+                json!({"success": true}),
+            ),
+            (
+                format!("/api/builds/{id}/telemetry"),
+                batch(&[sample(1, now_ms(), 10.0, 10.0)]),
+            ),
+            (
+                format!("/api/builds/{id}/telemetry"),
+                legacy_cpu_body(now_ms() / 1000, 10.0, 10.0),
+            ),
+        ] {
+            let status = app.post_json(&path, Some(secret), &body).await.status();
+            assert!(refused(status), "{path}: {status}");
+        }
+    }
+    for path in [
+        format!("/api/builds/{id}"),
+        format!("/api/builds/{id}/snapshots"),
+    ] {
+        let status = app.get(&path, Some(&worker.token)).await.status();
+        assert!(refused(status), "GET {path} with a worker token: {status}");
+    }
+    let status = app.cancel(queued.id, &worker.token).await;
+    assert!(refused(status), "cancel with a worker token: {status}");
+    let view = app.build(id).await;
+    assert_eq!((view.status.as_str(), view.snapshot_count), ("assigned", 0));
+    assert_eq!(app.build(queued.id).await.status, "pending");
+}
+
 /// A worker acting on a build assigned to another worker gets 403 for start,
 /// complete and telemetry, and the build does not change.
 #[tokio::test]
@@ -963,6 +1018,37 @@ async fn telemetry_after_grace_is_409() {
     expect_error(legacy, StatusCode::CONFLICT).await;
     assert_eq!(app.build(claimed.id).await, view);
     assert_eq!(figures(&app.stats().await), stats);
+}
+
+/// A cancelled build, like a finished one, takes its worker's backlog for
+/// the grace period (the CPU was spent and counts in totalCpuSeconds), then
+/// 409. SPEC says "after it finished"; cancel stamps completedAt, so an
+/// operator expects the same grace.
+#[tokio::test]
+async fn cancelled_build_takes_backlog_within_grace() {
+    let app = TestApp::builder()
+        .telemetry_grace(Duration::from_secs(1))
+        .start()
+        .await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.running_build(&worker, LINUX).await;
+    assert_eq!(app.cancel(claimed.id, ADMIN_KEY).await, StatusCode::OK);
+    let now = now_ms();
+    app.send_ok(&worker, claimed.id, &[sample(1, now, 200.0, 10.0)])
+        .await;
+    let stats = app.stats().await;
+    assert_eq!(stats.total_cpu_seconds, 10.0);
+    assert_eq!((stats.total_builds, stats.cpu_cores_busy), (0, 0.0));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let late = app
+        .post_json(
+            &format!("/api/builds/{}/telemetry", claimed.id),
+            Some(&worker.token),
+            &batch(&[sample(2, now, 200.0, 10.0)]),
+        )
+        .await;
+    expect_error(late, StatusCode::CONFLICT).await;
+    assert_eq!(app.build(claimed.id).await.snapshot_count, 1);
 }
 
 // ---------------------------------------------------------------- 413
@@ -1702,6 +1788,45 @@ async fn legacy_cpu_snapshot_is_accepted_once_then_duplicate() {
     assert_eq!(app.build(claimed.id).await, view);
 }
 
+/// A legacy timestamp with a UTC offset names the same instant: seq is its
+/// UTC epoch second, so the same sample sent with `Z` is a duplicate.
+#[tokio::test]
+async fn legacy_timestamp_with_offset_is_the_same_instant() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.running_build(&worker, LINUX).await;
+    let seconds = now_ms() / 1000 - 3;
+    let with_offset = time::OffsetDateTime::from_unix_timestamp(seconds)
+        .unwrap()
+        .to_offset(time::macros::offset!(+2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert!(with_offset.ends_with("+02:00"), "{with_offset}");
+    let body = json!({
+        "type": "cpu_snapshot",
+        "timestamp": with_offset,
+        "data": {"cpu_percent": 20.0, "memory_mb": 64}
+    });
+    let (status, answer) = app.telemetry(&worker, claimed.id, &body).await;
+    assert_eq!(
+        (status, answer["accepted"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{answer}"
+    );
+    let (status, answer) = app
+        .telemetry(&worker, claimed.id, &legacy_cpu_body(seconds, 20.0, 64.0))
+        .await;
+    assert_eq!(
+        (status, answer["duplicates"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{answer}"
+    );
+    assert_eq!(
+        app.snapshots(claimed.id).await,
+        vec![sample(seconds, seconds * 1000, 20.0, 64.0)]
+    );
+}
+
 /// Any other legacy `type` is stored as a build event and answered 200
 /// `{"accepted":0,"duplicates":0,"rejected":[]}`; no figure changes.
 #[tokio::test]
@@ -2125,6 +2250,64 @@ async fn purge_changes_no_figure_and_replays_stay_duplicates() {
     assert!((view.cpu_seconds - (views.0.cpu_seconds + 5.0)).abs() < 1e-9);
 }
 
+/// The background retention task (its pass at start, here with
+/// `--retention-days 0`) removes raw rows and changes no figure; replays
+/// stay duplicates.
+#[tokio::test]
+async fn background_retention_changes_no_figure() {
+    let mut app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let running = app.running_build(&worker, LINUX).await;
+    let done = app.running_build(&worker, LINUX).await;
+    let a = running.assigned_at;
+    let samples = vec![
+        sample(1, a + 1000, 120.0, 300.0),
+        counter_sample(2, a + 2000, 80.0, 200.0, 1.75),
+    ];
+    app.send_ok(&worker, running.id, &samples).await;
+    app.send_ok(&worker, done.id, &samples[..1]).await;
+    let event = json!({"type": "note", "timestamp": rfc3339(now_ms() / 1000), "data": {}});
+    assert_eq!(
+        app.telemetry(&worker, done.id, &event).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(app.complete(&worker, done.id, false).await, StatusCode::OK);
+    let views = (app.build(running.id).await, app.build(done.id).await);
+    let daily = app.daily(2).await;
+    let stats = NetworkStats {
+        nodes_online: 0,
+        ..figures(&app.stats().await)
+    };
+
+    app.args.retention_days = 0;
+    app.restart().await;
+    let pool = app.db().await;
+    wait_for(Duration::from_secs(15), "the retention pass", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM samples) + (SELECT count(*) FROM build_events)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        (app.build(running.id).await, app.build(done.id).await),
+        views
+    );
+    assert_eq!(app.daily(2).await, daily);
+    let after = NetworkStats {
+        nodes_online: 0,
+        ..figures(&app.stats().await)
+    };
+    assert_eq!(after, stats);
+    let (status, answer) = app.send(&worker, running.id, &samples).await;
+    assert_eq!((status, answer.duplicates), (StatusCode::OK, 2));
+    let (status, answer) = app.send(&worker, done.id, &samples[..1]).await;
+    assert_eq!((status, answer.duplicates), (StatusCode::OK, 1));
+}
+
 /// `freeagent purge --retention-days 0` runs against a database that a
 /// controller is serving and prints how many rows it removed.
 #[tokio::test]
@@ -2248,6 +2431,11 @@ async fn no_client_input_produces_500() {
         (telemetry.clone(), worker.token.clone(), r#"{"type":"x","timestamp":"2026-01-28T16:13:27Z","data":"just a string"}"#.into()),
         (telemetry.clone(), worker.token.clone(), r#"{"type":"x"}"#.into()),
         (telemetry.clone(), worker.token.clone(), nested),
+        (
+            "/api/workers/register".into(),
+            ADMIN_KEY.into(),
+            json!({"name": "x".repeat(3 << 20), "platforms": ["linux"], "cpuCores": 1, "memoryMb": 1}).to_string(),
+        ),
     ];
     for (path, secret, body) in posts {
         let response = app

@@ -85,8 +85,15 @@ struct Sim {
     next_invalid_seq: i64,
 }
 
-fn is_open_for_telemetry(status: &str) -> bool {
-    matches!(status, "assigned" | "building" | "completed" | "failed")
+/// Whether the build takes telemetry from its worker: while it runs and for
+/// the grace period (10 min, longer than a run) after it finished or was
+/// cancelled.
+fn is_open_for_telemetry(build: &ModelBuild) -> bool {
+    build.worker.is_some()
+        && matches!(
+            build.status.as_str(),
+            "assigned" | "building" | "completed" | "failed" | "cancelled"
+        )
 }
 
 impl Sim {
@@ -409,7 +416,7 @@ impl Sim {
     /// A current-format batch: new samples (some lost for good), replays
     /// (some with other values), invalid samples, in random order.
     async fn telemetry(&mut self) -> (String, bool) {
-        let candidates = self.builds_where(|b| is_open_for_telemetry(&b.status));
+        let candidates = self.builds_where(is_open_for_telemetry);
         let Some(i) = self.pick(&candidates) else {
             return ("no build takes telemetry".into(), false);
         };
@@ -538,7 +545,7 @@ impl Sim {
     /// The Swift worker's `cpu_snapshot` body; a second on an earlier
     /// second is a replay.
     async fn legacy(&mut self) -> String {
-        let candidates = self.builds_where(|b| is_open_for_telemetry(&b.status));
+        let candidates = self.builds_where(is_open_for_telemetry);
         let Some(i) = self.pick(&candidates) else {
             return "no build takes telemetry".into();
         };
@@ -584,7 +591,7 @@ impl Sim {
     }
 
     async fn legacy_event(&mut self) -> String {
-        let candidates = self.builds_where(|b| is_open_for_telemetry(&b.status));
+        let candidates = self.builds_where(is_open_for_telemetry);
         let Some(i) = self.pick(&candidates) else {
             return "no build takes telemetry".into();
         };
@@ -625,7 +632,7 @@ impl Sim {
     }
 
     async fn wrong_worker(&mut self) -> String {
-        let candidates = self.builds_where(|b| is_open_for_telemetry(&b.status));
+        let candidates = self.builds_where(is_open_for_telemetry);
         let Some(i) = self.pick(&candidates) else {
             return "no build takes telemetry".into();
         };
