@@ -848,3 +848,35 @@ async fn refused_token_stops_the_agent() {
         "never logs a token: {stderr}"
     );
 }
+
+/// Heartbeats continue during a build: with a 3 s lease and no telemetry
+/// to keep it alive, a 6 s build keeps its lease and completes on its
+/// first attempt.
+#[tokio::test]
+async fn heartbeats_keep_the_lease_during_a_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &["--lease-timeout", "3s"]);
+    let mut agent = Agent::start(
+        &ctl,
+        "alive",
+        "sleep 6",
+        &["--no-telemetry", "--heartbeat-interval", "1s"],
+    );
+    let id = ctl.submit("linux").await;
+    ctl.wait_status(id, &["building"], Duration::from_secs(20))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let view = ctl.build(id).await;
+        if view.status != "building" || view.attempt > 1 || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (view.status.as_str(), view.attempt),
+        ("completed", 1),
+        "{view:?}"
+    );
+    assert!(agent.stop().success());
+}

@@ -103,6 +103,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
+    /// How often the worker tells the controller it is alive, during builds
+    /// too (keep it well under the controller's lease timeout, 5m by default).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
     /// Folder under which each build gets a fresh work directory
     /// [default: the system's temporary folder].
     #[arg(long, value_name = "DIR")]

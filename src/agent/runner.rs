@@ -18,8 +18,6 @@ use super::sampler::{self, CpuMeter, Units};
 use super::{read_token, token_path, AgentError, RunArgs};
 use crate::wire::{ClaimedBuild, CompleteBuild, Snapshot};
 
-/// How often the worker says it is alive, builds or not.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// Longest the agent keeps retrying `start` or `complete` of one build.
 const REPORT_PATIENCE: Duration = Duration::from_secs(600);
 /// Most characters of `error` the controller accepts.
@@ -152,7 +150,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         Err(e) => tracing::warn!(error = %e, "controller not reachable yet; will keep trying"),
         Ok(_) => {}
     }
-    let heartbeat = tokio::spawn(heartbeat_loop(client.clone(), shutdown.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        args.heartbeat_interval.max(Duration::from_millis(100)),
+        shutdown.clone(),
+    ));
 
     let work_root = match &args.work_root {
         Some(dir) => dir.clone(),
@@ -196,10 +198,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
     })
 }
 
-async fn heartbeat_loop(client: Client, mut shutdown: Shutdown) {
+async fn heartbeat_loop(client: Client, every: Duration, mut shutdown: Shutdown) {
     let mut failing = false;
     loop {
-        if !shutdown.sleep(HEARTBEAT_EVERY).await {
+        if !shutdown.sleep(every).await {
             return;
         }
         match client.heartbeat().await {
