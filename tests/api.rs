@@ -2056,22 +2056,37 @@ async fn lost_worker_build_is_requeued_then_failed() {
     assert_eq!((today[0].builds_finished, today[0].builds_failed), (1, 1));
 }
 
-/// A worker that keeps making authenticated calls keeps its build past the
-/// lease timeout.
+/// A worker that keeps making authenticated calls (heartbeats, or only
+/// telemetry) keeps its build past the lease timeout: it is never silent
+/// for the lease timeout, so nothing is requeued.
 #[tokio::test]
-async fn heartbeats_keep_the_lease() {
+async fn authenticated_calls_keep_the_lease() {
     let app = TestApp::builder()
         .lease_timeout(Duration::from_secs(1))
         .start()
         .await;
     let worker = linux_worker(&app).await;
-    let claimed = app.running_build(&worker, LINUX).await;
-    for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let chatty = linux_worker(&app).await;
+    let by_heartbeat = app.running_build(&worker, LINUX).await;
+    let by_telemetry = app.running_build(&chatty, LINUX).await;
+    for seq in 1..=8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(app.heartbeat(&worker).await, StatusCode::OK);
+        app.send_ok(
+            &chatty,
+            by_telemetry.id,
+            &[sample(seq, now_ms(), 10.0, 10.0)],
+        )
+        .await;
     }
-    let view = app.build(claimed.id).await;
-    assert_eq!((view.status.as_str(), view.attempt), ("building", 1));
+    for id in [by_heartbeat.id, by_telemetry.id] {
+        let view = app.build(id).await;
+        assert_eq!(
+            (view.status.as_str(), view.attempt),
+            ("building", 1),
+            "a worker calling every 400 ms lost its build to a 1 s lease"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- daily
