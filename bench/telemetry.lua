@@ -1,0 +1,43 @@
+-- wrk script for bench/controller.sh: single-sample telemetry.
+--
+-- Every request posts one sample with a seq no other request uses: each
+-- wrk thread numbers its requests in its own range, offset by FA_SEQ_BASE so
+-- that separate runs never overlap. Requests go round-robin over the builds
+-- in FA_BUILDS ("id:token,id:token,..."), each assigned to its own worker.
+-- sampledAt is the client's clock (same host as the controller).
+--
+--   FA_BUILDS=... FA_SEQ_BASE=1000000000 wrk -t2 -c64 -d15s --latency \
+--     -s bench/telemetry.lua http://127.0.0.1:PORT
+
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  builds = {}
+  for id, token in string.gmatch(os.getenv("FA_BUILDS") or "", "(%d+):(%x+)") do
+    builds[#builds + 1] = {
+      path = "/api/builds/" .. id .. "/telemetry",
+      headers = {
+        ["Authorization"] = "Bearer " .. token,
+        ["Content-Type"] = "application/json",
+      },
+    }
+  end
+  assert(#builds > 0, "FA_BUILDS names no build")
+  -- 100 million seqs per thread per run.
+  base = tonumber(os.getenv("FA_SEQ_BASE") or "1000000000") + tid * 100000000
+  n = 0
+end
+
+function request()
+  n = n + 1
+  local b = builds[(n % #builds) + 1]
+  local body = string.format(
+    '{"snapshots":[{"seq":%.0f,"sampledAt":%.0f,"cpuPercent":50,"memoryMb":100,"intervalS":5}]}',
+    base + n, os.time() * 1000)
+  return wrk.format("POST", b.path, b.headers, body)
+end
