@@ -2022,6 +2022,8 @@ async fn lost_worker_build_is_requeued_then_failed() {
         }
         if attempt == 1 {
             assert_eq!(app.start_build(&worker, build.id).await, StatusCode::OK);
+            app.send_ok(&worker, build.id, &[sample(1, now_ms(), 150.0, 700.0)])
+                .await;
         }
         let view = wait_for(Duration::from_secs(20), "the lease to expire", || async {
             let view = app.build(build.id).await;
@@ -2054,6 +2056,21 @@ async fn lost_worker_build_is_requeued_then_failed() {
     );
     let today = app.daily(1).await;
     assert_eq!((today[0].builds_finished, today[0].builds_failed), (1, 1));
+    // The first attempt's samples still count, and every figure matches the rows.
+    assert_eq!(
+        build_figures(&app.build(build.id).await),
+        (7.5, Some(700.0), 1)
+    );
+    let pool = app.db().await;
+    let rows = raw_samples(&pool)
+        .await
+        .into_iter()
+        .map(|r| ((r.build_id, r.seq), r))
+        .collect();
+    let stats = app.stats().await;
+    let recomputed = recompute(&raw_builds(&pool).await, &rows, stats.generated_at);
+    assert_stats_match(&stats, &recomputed, "after the reaper failed the build");
+    assert_eq!(today[0].build_time_ms, recomputed.today.2);
 }
 
 /// A worker that keeps making authenticated calls (heartbeats, or only
@@ -2473,6 +2490,32 @@ async fn no_client_input_produces_500() {
         let status = app.get(path, Some(ADMIN_KEY)).await.status();
         assert!(status.is_client_error(), "GET {path}: {status}");
     }
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/workers/poll"),
+        (reqwest::Method::PUT, "/api/builds"),
+        (reqwest::Method::DELETE, "/api/builds/1"),
+        (reqwest::Method::POST, "/api/stats"),
+    ] {
+        let status = app
+            .client
+            .request(method.clone(), app.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_client_error(), "{method} {path}: {status}");
+    }
+    let not_utf8 = reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap();
+    let status = app
+        .client
+        .post(app.url("/api/workers/heartbeat"))
+        .header("Authorization", not_utf8)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "non-UTF-8 Authorization");
     for header in ["Bearer", "Bearer ", "bearer x", "Bearer a b", "Token x"] {
         let status = app
             .client

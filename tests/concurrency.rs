@@ -267,3 +267,110 @@ async fn purge_during_ingestion_loses_nothing() {
     assert_eq!(app.build(claimed.id).await, view);
     assert_eq!(figures(&app.stats().await), stats);
 }
+
+/// Cancels racing polls, starts and completes keep every count exact: each
+/// build ends in exactly one state, no build is claimed twice, a cancel is
+/// 200 exactly when it won (409 once the build finished), and every figure
+/// equals the recomputation from raw rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_claims_keep_counts_exact() {
+    let app = Arc::new(TestApp::start().await);
+    const WORKERS: usize = 8;
+    const BUILDS: usize = 60;
+    let mut ids = Vec::new();
+    for _ in 0..BUILDS {
+        ids.push(app.submit_build("linux").await.id);
+    }
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        workers.push(app.register_worker(&["linux"], 2, 2048).await);
+    }
+    let barrier = Arc::new(Barrier::new(WORKERS + 1));
+    let mut tasks = Vec::new();
+    for (n, worker) in workers.into_iter().enumerate() {
+        let (app, barrier) = (app.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut claimed = Vec::new();
+            while let Some(build) = app.claim(&worker).await {
+                claimed.push(build.id);
+                let started = app.start_build(&worker, build.id).await;
+                assert!(
+                    started == StatusCode::OK || started == StatusCode::CONFLICT,
+                    "start: {started}"
+                );
+                if started == StatusCode::OK {
+                    let success = (build.id + n as i64) % 3 != 0;
+                    let done = app.complete(&worker, build.id, success).await;
+                    assert!(
+                        done == StatusCode::OK || done == StatusCode::CONFLICT,
+                        "complete: {done}"
+                    );
+                }
+            }
+            claimed
+        }));
+    }
+    let canceller = {
+        let (app, barrier) = (app.clone(), barrier.clone());
+        let mut order = ids.clone();
+        order.reverse();
+        order.rotate_left(BUILDS / 3);
+        tokio::spawn(async move {
+            barrier.wait().await;
+            let mut outcomes = Vec::new();
+            for id in order.into_iter().step_by(2) {
+                outcomes.push((id, app.cancel(id, ADMIN_KEY).await));
+            }
+            outcomes
+        })
+    };
+    let mut claimed = BTreeSet::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            assert!(claimed.insert(id), "build {id} claimed twice");
+        }
+    }
+    let cancels = canceller.await.unwrap();
+    for (id, status) in &cancels {
+        let view = app.build(*id).await;
+        match *status {
+            StatusCode::OK => assert_eq!(view.status, "cancelled", "build {id}"),
+            StatusCode::CONFLICT => assert!(
+                view.status == "completed" || view.status == "failed",
+                "build {id}: cancel refused but status {}",
+                view.status
+            ),
+            other => panic!("cancel of build {id}: {other}"),
+        }
+    }
+    for id in &ids {
+        let view = app.build(*id).await;
+        assert!(
+            ["cancelled", "completed", "failed"].contains(&view.status.as_str()),
+            "build {id} ended {}",
+            view.status
+        );
+        if view.status != "cancelled" {
+            assert!(claimed.contains(id), "build {id} finished unclaimed");
+        }
+    }
+    let pool = app.db().await;
+    let stats = app.stats().await;
+    let r = recompute(
+        &raw_builds(&pool).await,
+        &BTreeMap::new(),
+        stats.generated_at,
+    );
+    assert_stats_match(&stats, &r, "after cancels raced claims");
+    assert_eq!((stats.builds_queued, stats.active_builds), (0, 0));
+    let today = &app.daily(1).await[0];
+    assert_eq!(
+        (
+            today.builds_finished,
+            today.builds_failed,
+            today.build_time_ms
+        ),
+        (r.today.0, r.today.1, r.today.2)
+    );
+}
