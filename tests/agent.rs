@@ -663,8 +663,9 @@ fn processes_of(work_root: &Path) -> Vec<i32> {
 }
 
 /// SIGTERM during a build ends every process of the build (also one that
-/// ignores SIGTERM and ones that left the process group), and the agent
-/// exits non-zero because the build was cut short.
+/// ignores SIGTERM and ones that left the process group), the build is
+/// reported failed with the reason, and the agent exits non-zero because
+/// the build was cut short.
 #[tokio::test]
 async fn sigterm_leaves_no_build_process() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -700,8 +701,15 @@ async fn sigterm_leaves_no_build_process() {
         "build processes still running: {left:?}\n{}",
         agent.log()
     );
-    // Not reported complete: the lease hands it to another worker.
-    assert_eq!(ctl.build(id).await.status, "building");
+    // Reported failed, saying why, rather than left `building` (a restarted
+    // agent would keep its lease alive for ever).
+    let view = ctl.build(id).await;
+    assert_eq!(view.status, "failed");
+    let error = view.error.unwrap_or_default();
+    assert!(
+        error.starts_with("the worker was stopped by SIGTERM before the build finished"),
+        "{error}"
+    );
 }
 
 /// `freeagent simulate --workers 50` keeps the network's counters moving

@@ -36,7 +36,8 @@ pub fn now_ms() -> i64 {
 /// Set once SIGINT or SIGTERM arrived.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+    /// What stopped us: `SIGTERM`, `SIGINT` or the simulator's duration.
+    rx: watch::Receiver<Option<&'static str>>,
 }
 
 impl Shutdown {
@@ -49,7 +50,7 @@ impl Shutdown {
         };
         let mut term = signal(SignalKind::terminate()).map_err(io)?;
         let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let limit = async {
                 match deadline {
@@ -57,12 +58,13 @@ impl Shutdown {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = term.recv() => tracing::warn!(signal = "SIGTERM", "stopping: no new builds; ending the running one"),
-                _ = int.recv() => tracing::warn!(signal = "SIGINT", "stopping: no new builds; ending the running one"),
-                _ = limit => tracing::info!("duration reached; stopping"),
-            }
-            let _ = tx.send(true);
+            let reason = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = limit => "the end of --duration",
+            };
+            tracing::warn!(reason, "stopping: no new builds; ending the running one");
+            let _ = tx.send(Some(reason));
             // Keep the receivers' view alive until the process ends.
             std::future::pending::<()>().await;
         });
@@ -71,13 +73,18 @@ impl Shutdown {
 
     /// True once a signal arrived.
     pub fn is_set(&self) -> bool {
+        self.rx.borrow().is_some()
+    }
+
+    /// What stopped us, once something did.
+    pub fn reason(&self) -> Option<&'static str> {
         *self.rx.borrow()
     }
 
     /// Waits for the signal.
     pub async fn wait(&mut self) {
         // An error means the sender is gone: then no signal will ever come.
-        if self.rx.wait_for(|v| *v).await.is_err() {
+        if self.rx.wait_for(Option::is_some).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -110,7 +117,7 @@ struct Worker {
 /// How a build ended, from the agent's side.
 #[derive(Debug, Default)]
 struct Ran {
-    /// The signal cut it short: it was not reported complete.
+    /// The signal cut it short (it was reported failed).
     cut_short: bool,
 }
 
@@ -418,21 +425,23 @@ impl Worker {
             }
         }
 
+        // A cut build is reported failed rather than left to its lease: a
+        // restarted agent keeps the worker's lease alive, so the build would
+        // otherwise stay `building` for ever.
         let success = !cut_short && ended.status.success();
-        if cut_short {
-            tracing::warn!(
-                build_id = id,
-                last_seq = seq,
-                "build cut short by the signal; not reported complete, so the controller hands it out again after its lease"
-            );
+        let error = if success {
+            None
         } else {
-            let error = if success {
-                None
-            } else {
-                Some(failure_text(&ended.status, &read_tail(&log_path).await))
-            };
-            self.complete(id, CompleteBuild { success, error }).await;
-        }
+            let tail = read_tail(&log_path).await;
+            Some(match self.shutdown.reason().filter(|_| cut_short) {
+                Some(reason) => failure_text(
+                    &ExitStatus::Stopped(reason, Box::new(ended.status.clone())),
+                    &tail,
+                ),
+                None => failure_text(&ended.status, &tail),
+            })
+        };
+        self.complete(id, CompleteBuild { success, error }).await;
         tracing::info!(
             build_id = id,
             success,
@@ -608,6 +617,8 @@ pub enum ExitStatus {
     Signal(i32),
     /// Could not be learned.
     Unknown(String),
+    /// The agent ended it on this signal; then it ended so.
+    Stopped(&'static str, Box<ExitStatus>),
 }
 
 impl ExitStatus {
@@ -623,6 +634,12 @@ impl std::fmt::Display for ExitStatus {
             ExitStatus::Code(c) => write!(f, "exit status {c}"),
             ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
             ExitStatus::Unknown(why) => write!(f, "unknown exit status ({why})"),
+            ExitStatus::Stopped(reason, then) => {
+                write!(
+                    f,
+                    "the worker was stopped by {reason} before the build finished ({then})"
+                )
+            }
         }
     }
 }
