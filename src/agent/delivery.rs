@@ -641,4 +641,33 @@ mod tests {
         assert_eq!(stats.dropped_full + stats.dropped_refused, 0);
         task.abort();
     }
+
+    /// While the controller is away a full buffer drops its oldest samples
+    /// and counts them; what is kept is the newest.
+    #[tokio::test]
+    async fn full_buffer_counts_drops() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), "t", Default::default())
+            .expect("client");
+        let config = DeliveryConfig {
+            buffer_samples: 3,
+            batch_samples: 2,
+            breaker_cooldown: Duration::from_secs(60),
+            ..DeliveryConfig::default()
+        };
+        let (delivery, task) = Delivery::start(client, 1, config);
+        delivery.push(sample(1));
+        // Let the sender take its first batch (seq 1) into flight.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for seq in 2..=10 {
+            delivery.push(sample(seq));
+        }
+        let stats = delivery.stats();
+        assert_eq!(stats.queued, 10);
+        assert_eq!(stats.dropped_full, 6, "9 pushed into a buffer of 3");
+        assert_eq!(delivery.pending(), 4, "3 buffered and 1 in flight");
+        task.abort();
+    }
 }
