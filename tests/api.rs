@@ -1077,6 +1077,69 @@ async fn telemetry_over_256_kib_is_413() {
     assert_eq!(app.build(claimed.id).await.snapshot_count, 1);
 }
 
+/// The 256 KiB limit is exact: a body of 262144 bytes is accepted, one of
+/// 262145 bytes is 413.
+#[tokio::test]
+async fn telemetry_body_limit_is_exactly_256_kib() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.running_build(&worker, LINUX).await;
+    let path = format!("/api/builds/{}/telemetry", claimed.id);
+    let body_of = |len: usize, seq: i64| {
+        let head = format!(
+            r#"{{"snapshots":[{{"seq":{seq},"sampledAt":{},"cpuPercent":1,"memoryMb":1}}],"pad":""#,
+            claimed.assigned_at
+        );
+        let tail = r#""}"#;
+        let body = format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()));
+        assert_eq!(body.len(), len);
+        body
+    };
+    let response = app
+        .post_raw(
+            &path,
+            Some(&worker.token),
+            Some("application/json"),
+            body_of(262_145, 1),
+        )
+        .await;
+    expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let response = app
+        .post_raw(
+            &path,
+            Some(&worker.token),
+            Some("application/json"),
+            body_of(262_144, 1),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(app.build(claimed.id).await.snapshot_count, 1);
+}
+
+/// The 4 KiB limit on a legacy event's `data` (its JSON text) is exact:
+/// 4096 bytes are stored, 4097 are 413.
+#[tokio::test]
+async fn legacy_event_data_limit_is_exactly_4_kib() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.running_build(&worker, LINUX).await;
+    let data_of = |len: usize| {
+        // {"t":"xxx"} is 8 bytes around the x's.
+        let data = json!({"t": "x".repeat(len - 8)});
+        assert_eq!(data.to_string().len(), len);
+        json!({"type": "log", "timestamp": rfc3339(now_ms() / 1000), "data": data})
+    };
+    let (status, answer) = app.telemetry(&worker, claimed.id, &data_of(4097)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    let (status, answer) = app.telemetry(&worker, claimed.id, &data_of(4096)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM build_events")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+}
+
 /// A batch of 1001 samples is 413 and stores nothing; 1000 are accepted.
 #[tokio::test]
 async fn telemetry_over_1000_samples_is_413() {
@@ -1372,6 +1435,45 @@ async fn telemetry_rate_limit_is_429_with_retry_after() {
     );
 }
 
+/// With the default rate (10/s, bursts of 20) a worker's first 20 requests
+/// in a burst pass and the burst is then limited; what passes stays within
+/// 20 + 10 per elapsed second.
+#[tokio::test]
+async fn default_rate_allows_bursts_of_twenty() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.running_build(&worker, LINUX).await;
+    let started = std::time::Instant::now();
+    let mut passed = 0;
+    let mut first_limited = None;
+    for seq in 1..=40 {
+        let (status, _) = app
+            .telemetry(
+                &worker,
+                claimed.id,
+                &batch(&[sample(seq, now_ms(), 1.0, 1.0)]),
+            )
+            .await;
+        match status {
+            StatusCode::OK => passed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                first_limited.get_or_insert(seq);
+            }
+            other => panic!("telemetry answered {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let first_limited = first_limited.expect("40 requests at once are limited");
+    assert!(
+        first_limited > 20,
+        "limited at request {first_limited}: a burst of 20 passes"
+    );
+    assert!(
+        f64::from(passed) <= 20.0 + 10.0 * elapsed + 1.0,
+        "{passed} passed in {elapsed:.2} s"
+    );
+}
+
 // ---------------------------------------------------------------- samples
 
 /// A JSON sample object: `cpuPercent` 50, `memoryMb` 512, `intervalS` 5.
@@ -1480,7 +1582,7 @@ async fn each_invalid_sample_class_is_rejected_alone() {
             with(good_json(s, n), "intervalS", Value::Null)
         }),
         ("sampledAt > 60 s before assignment", |s, a, _| {
-            good_json(s, a - 61_000)
+            good_json(s, a - 60_001)
         }),
         ("sampledAt > 60 s ahead", |s, _, n| {
             good_json(s, n + 120_000)
@@ -1625,7 +1727,7 @@ async fn bare_nan_and_infinity_tokens_reject_their_sample_alone() {
 
 /// Values exactly at each bound are valid: cpuPercent = 100*cores, memoryMb
 /// = declared, cpuTimeS just under its bound, intervalS 1 and 300, sampledAt
-/// 59 s before assignment and 50 s ahead, cpuTimeS 0, cpuPercent 0.
+/// 59 s and exactly 60 s before assignment and 50 s ahead, cpuTimeS 0, cpuPercent 0.
 #[tokio::test]
 async fn boundary_values_are_accepted() {
     let app = TestApp::start().await;
@@ -1648,15 +1750,16 @@ async fn boundary_values_are_accepted() {
         ),
         without(good_json(9, now), "intervalS"),
         with(good_json(10, now), "unknownField", json!({"ignored": true})),
+        good_json(11, a - 60_000),
     ];
     let (status, answer) = app
         .telemetry(&worker, claimed.id, &json!({ "snapshots": samples }))
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["accepted"], json!(10), "{answer}");
+    assert_eq!(answer["accepted"], json!(11), "{answer}");
     assert_eq!(answer["rejected"], json!([]), "{answer}");
     let view = app.build(claimed.id).await;
-    assert_eq!(view.snapshot_count, 10);
+    assert_eq!(view.snapshot_count, 11);
     assert_eq!(view.peak_memory_mb, Some(8192.0));
     assert_eq!(view.cpu_seconds, 44.9, "the counter replaces the estimate");
     let stored = app.snapshots(claimed.id).await;
@@ -1971,6 +2074,27 @@ async fn cpu_cores_busy_uses_newest_fresh_sample() {
         StatusCode::OK
     );
     assert!((app.stats().await.cpu_cores_busy - 2.5).abs() < 1e-9);
+}
+
+/// nodesOnline counts from a worker's *last* call: a worker that called
+/// 1.6 s ago is online in a 2 s window even if it also called 0.5 s before
+/// that.
+#[tokio::test]
+async fn nodes_online_counts_from_the_last_call() {
+    let app = TestApp::builder()
+        .online_window(Duration::from_secs(2))
+        .start()
+        .await;
+    let worker = linux_worker(&app).await;
+    assert_eq!(app.heartbeat(&worker).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.heartbeat(&worker).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        app.stats().await.nodes_online,
+        1,
+        "the last call was 1.6 s ago, inside the 2 s window"
+    );
 }
 
 /// nodesOnline counts workers registered or seen (any authenticated call)
