@@ -374,3 +374,76 @@ async fn cancels_racing_claims_keep_counts_exact() {
         (r.today.0, r.today.1, r.today.2)
     );
 }
+
+/// Telemetry racing `complete` on many builds keeps every figure exact:
+/// whichever lands first, a finished build's CPU seconds count on its day
+/// and in the totals, as the recomputation from raw rows says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_racing_complete_keeps_daily_exact() {
+    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    const BUILDS: usize = 10;
+    let mut tasks = Vec::new();
+    let barrier = Arc::new(Barrier::new(BUILDS * 2));
+    for b in 0..BUILDS {
+        let worker = app.register_worker(&["linux"], 8, 16_384).await;
+        let claimed = app.running_build(&worker, "linux").await;
+        let with_counter = b % 2 == 0;
+        let samples: Vec<Snapshot> = (1..=40)
+            .map(|seq| {
+                let mut s = sample(
+                    seq,
+                    claimed.assigned_at + seq * 200,
+                    (seq * 13 % 800) as f64,
+                    (seq * 100) as f64,
+                );
+                if with_counter && seq > 5 {
+                    s.cpu_time_s = Some(seq as f64 * 1.25);
+                }
+                s
+            })
+            .collect();
+        let (app1, worker1, barrier1, id) =
+            (app.clone(), worker.clone(), barrier.clone(), claimed.id);
+        tasks.push(tokio::spawn(async move {
+            barrier1.wait().await;
+            for chunk in samples.chunks(4) {
+                app1.send_ok(&worker1, id, chunk).await;
+            }
+        }));
+        let (app2, barrier2) = (app.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier2.wait().await;
+            tokio::time::sleep(std::time::Duration::from_millis(3 * b as u64)).await;
+            assert_eq!(app2.complete(&worker, id, b % 3 != 0).await, StatusCode::OK);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let pool = app.db().await;
+    let rows: BTreeMap<(i64, i64), RawSample> = raw_samples(&pool)
+        .await
+        .into_iter()
+        .map(|r| ((r.build_id, r.seq), r))
+        .collect();
+    assert_eq!(rows.len(), BUILDS * 40);
+    let stats = app.stats().await;
+    let r = recompute(&raw_builds(&pool).await, &rows, stats.generated_at);
+    assert_stats_match(&stats, &r, "after telemetry raced complete");
+    assert_eq!(stats.total_builds, BUILDS as u64);
+    let today = &app.daily(1).await[0];
+    assert_eq!(
+        (
+            today.builds_finished,
+            today.builds_failed,
+            today.build_time_ms
+        ),
+        (r.today.0, r.today.1, r.today.2)
+    );
+    assert!(
+        (today.cpu_seconds - r.today.3 as f64 / 1e6).abs() < 1e-6 * BUILDS as f64,
+        "daily cpuSeconds {} vs recomputed {}",
+        today.cpu_seconds,
+        r.today.3 as f64 / 1e6
+    );
+}
