@@ -4,7 +4,7 @@
 -- uses (per-thread ranges, offset by FA_SEQ_BASE), round-robin over the
 -- builds in FA_BUILDS ("id:token,..."). Values vary like a real build's.
 --
---   FA_BUILDS=... FA_SEQ_BASE=3000000000 wrk -t2 -c8 -d15s --latency \
+--   FA_BUILDS=... FA_SEQ_BASE=100000000 wrk -t2 -c8 -d15s --latency \
 --     -s bench/batch.lua http://127.0.0.1:PORT
 
 local threads = {}
@@ -27,8 +27,8 @@ function init(args)
     }
   end
   assert(#builds > 0, "FA_BUILDS names no build")
-  -- 1 billion seqs (a million batches) per thread per run.
-  base = tonumber(os.getenv("FA_SEQ_BASE") or "3000000000") + tid * 1000000000
+  -- 100 million seqs (100,000 batches) per thread per run.
+  base = tonumber(os.getenv("FA_SEQ_BASE") or "100000000") + tid * 100000000
   n = 0
 end
 

@@ -6,7 +6,7 @@
 -- in FA_BUILDS ("id:token,id:token,..."), each assigned to its own worker.
 -- sampledAt is the client's clock (same host as the controller).
 --
---   FA_BUILDS=... FA_SEQ_BASE=1000000000 wrk -t2 -c64 -d15s --latency \
+--   FA_BUILDS=... FA_SEQ_BASE=0 wrk -t2 -c64 -d15s --latency \
 --     -s bench/telemetry.lua http://127.0.0.1:PORT
 
 local threads = {}
@@ -28,8 +28,8 @@ function init(args)
     }
   end
   assert(#builds > 0, "FA_BUILDS names no build")
-  -- 100 million seqs per thread per run.
-  base = tonumber(os.getenv("FA_SEQ_BASE") or "1000000000") + tid * 100000000
+  -- 10 million seqs per thread per run.
+  base = tonumber(os.getenv("FA_SEQ_BASE") or "0") + tid * 10000000
   n = 0
 end
 
