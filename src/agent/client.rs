@@ -21,9 +21,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a call did not get the answer it wanted.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// No answer: connection refused, reset, timed out.
-    #[error("no answer from the controller: {0}")]
-    Transport(#[source] reqwest::Error),
+    /// No answer: connection refused, reset, timed out. (Its causes are in
+    /// the message, so logs show why.)
+    #[error("no answer from the controller: {}", chain(.0))]
+    Transport(reqwest::Error),
     /// An answer with an unexpected status.
     #[error("controller answered {status}: {message}")]
     Status {
@@ -37,6 +38,21 @@ pub enum CallError {
     /// A 2xx answer whose body is not what the contract says.
     #[error("the controller's answer could not be read: {0}")]
     Decode(String),
+}
+
+/// An error and its causes on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl CallError {

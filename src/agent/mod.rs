@@ -184,7 +184,7 @@ pub enum AgentError {
     #[error("{0}")]
     Usage(String),
     /// The token file could not be read or written.
-    #[error("token file {path}: {source}")]
+    #[error("token file {}", path.display())]
     TokenFile {
         /// The file.
         path: PathBuf,
@@ -194,7 +194,7 @@ pub enum AgentError {
     },
     /// The controller refused or could not be reached for a call the agent
     /// cannot do without.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Controller {
         /// The call.
         what: &'static str,
@@ -203,7 +203,7 @@ pub enum AgentError {
         source: CallError,
     },
     /// The operating system refused something the agent needs.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What the agent was doing.
         what: &'static str,
@@ -273,9 +273,15 @@ async fn write_token(path: &Path, token: &str) -> Result<(), AgentError> {
 pub async fn read_token(path: &Path) -> Result<String, AgentError> {
     let text = tokio::fs::read_to_string(path)
         .await
-        .map_err(|source| AgentError::TokenFile {
-            path: path.to_path_buf(),
-            source,
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => AgentError::Usage(format!(
+                "no token file at {}: register this machine first with `freeagent agent register` (or pass --token-file)",
+                path.display()
+            )),
+            _ => AgentError::TokenFile {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
     let token = text.trim().to_string();
     if token.is_empty() {
