@@ -121,10 +121,12 @@ async fn post_until_killed(
     assigned_at: i64,
     first_seq: i64,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    acked_count: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Vec<Snapshot> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut writers = Vec::new();
     for lane in 0..4i64 {
+        let acked_count = acked_count.clone();
         let (http, url, token, acked, stop) = (
             http.clone(),
             url.clone(),
@@ -163,6 +165,7 @@ async fn post_until_killed(
                         if let Ok(answer) = response.json::<TelemetryAnswer>().await {
                             assert_eq!(answer.accepted as usize, batch.len(), "{answer:?}");
                         }
+                        acked_count.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
                         acked.lock().unwrap().extend(batch);
                     }
                     Ok(response) => panic!("telemetry answered {}", response.status()),
@@ -183,7 +186,7 @@ fn batch_json(samples: &[Snapshot]) -> serde_json::Value {
 }
 
 /// Every sample that had a 2xx answer survives SIGKILL of the controller
-/// at a random moment under load, twice in a row; the restarted controller
+/// at arbitrary moments under load, four times in a row; the restarted controller
 /// counts them exactly once and its figures match the stored rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_samples_survive_sigkill() {
@@ -236,8 +239,9 @@ async fn acknowledged_samples_survive_sigkill() {
 
     let mut acked: BTreeMap<i64, Snapshot> = BTreeMap::new();
     let mut controller = controller;
-    for (round, kill_after_ms) in [(0i64, 700u64), (1, 1100)] {
+    for (round, kill_after_ms) in [(0i64, 300u64), (1, 537), (2, 111), (3, 790)] {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let url = controller.url(&format!("/api/builds/{}/telemetry", build.id));
         let load = tokio::spawn(post_until_killed(
             http.clone(),
@@ -246,7 +250,18 @@ async fn acknowledged_samples_survive_sigkill() {
             assigned_at,
             1 + round * 1_000_000,
             stop.clone(),
+            acked_count.clone(),
         ));
+        // Under load first (however slow the machine), then kill at a moment
+        // unrelated to any request.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while acked_count.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no load after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
         controller.kill9().await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
