@@ -399,6 +399,8 @@ impl Delivery {
                     if breaker.on_success() == Some(Transition::Closed) {
                         tracing::info!(
                             build_id = self.build,
+                            samples = batch.len(),
+                            backlog = self.pending(),
                             "circuit breaker closed; telemetry resumes"
                         );
                     }

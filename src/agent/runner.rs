@@ -63,7 +63,10 @@ impl Shutdown {
                 _ = int.recv() => "SIGINT",
                 _ = limit => "the end of --duration",
             };
-            tracing::warn!(reason, "stopping: no new builds; ending the running one");
+            tracing::warn!(
+                reason,
+                "stopping: claiming no new builds, ending a running one"
+            );
             let _ = tx.send(Some(reason));
             // Keep the receivers' view alive until the process ends.
             std::future::pending::<()>().await;
