@@ -102,6 +102,44 @@ async fn landing_page_renders() {
     assert!(html.contains("<html"), "{html}");
 }
 
+/// The Leptos server functions are public endpoints serving the same one
+/// `NetworkStats` type and daily list as the REST routes; a bad `days` is a
+/// client error, never a 500.
+#[tokio::test]
+async fn server_functions_serve_the_same_figures() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.running_build(&worker, LINUX).await;
+    app.send_ok(&worker, claimed.id, &[sample(1, now_ms(), 120.0, 64.0)])
+        .await;
+    assert_eq!(
+        app.complete(&worker, claimed.id, true).await,
+        StatusCode::OK
+    );
+    let form = "application/x-www-form-urlencoded";
+    let response = app
+        .post_raw("/sfn/network_stats", None, Some(form), "")
+        .await;
+    let from_fn: freeagent::stats::NetworkStats = expect_json(response, StatusCode::OK).await;
+    assert_eq!(figures(&from_fn), figures(&app.stats().await));
+    let response = app
+        .post_raw("/sfn/daily_builds", None, Some(form), "days=7")
+        .await;
+    let days: Vec<freeagent::stats::DailyBuilds> = expect_json(response, StatusCode::OK).await;
+    assert_eq!(days, app.daily(7).await);
+    let mut server_errors = Vec::new();
+    for body in ["days=0", "days=366", "days=abc", ""] {
+        let status = app
+            .post_raw("/sfn/daily_builds", None, Some(form), body)
+            .await
+            .status();
+        if !status.is_client_error() {
+            server_errors.push(format!("daily_builds {body:?}: {status}"));
+        }
+    }
+    assert!(server_errors.is_empty(), "{server_errors:#?}");
+}
+
 /// Registering answers 201 `{workerId, token}` and the worker counts as online.
 #[tokio::test]
 async fn register_returns_id_and_token_and_worker_is_online() {
