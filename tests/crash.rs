@@ -1,7 +1,8 @@
 #![cfg(feature = "ssr")]
 //! The real `freeagent` binary: a 2xx answer means the samples are durable
 //! (they survive SIGKILL at any moment after the answer), the admin key is
-//! generated when none is given, and SIGTERM stops the controller cleanly.
+//! generated when none is given, SIGTERM stops the controller cleanly, and
+//! the configuration comes from flags or their environment fallbacks.
 
 mod common;
 
@@ -444,4 +445,140 @@ async fn sigterm_stops_the_controller_gracefully() {
     .await;
     assert_eq!(view.status, "pending");
     controller.kill9().await;
+}
+
+/// `serve --help` and `purge --help` show every flag of SPEC's
+/// configuration table with its environment fallback.
+#[tokio::test]
+async fn help_lists_every_flag_with_its_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |args: &'static [&'static str]| {
+        let mut command = freeagent(dir.path());
+        command.args(args);
+        async move {
+            let output = command.output().await.expect("run freeagent --help");
+            assert!(output.status.success());
+            String::from_utf8_lossy(&output.stdout).to_string()
+        }
+    };
+    let serve = help(&["serve", "--help"]).await;
+    for (flag, env) in [
+        ("--database-url", "FREEAGENT_DATABASE_URL"),
+        ("--listen", "LEPTOS_SITE_ADDR"),
+        ("--admin-key", "FREEAGENT_ADMIN_KEY"),
+        ("--online-window", "FREEAGENT_ONLINE_WINDOW"),
+        ("--lease-timeout", "FREEAGENT_LEASE_TIMEOUT"),
+        ("--telemetry-grace", "FREEAGENT_TELEMETRY_GRACE"),
+        ("--retention-days", "FREEAGENT_RETENTION_DAYS"),
+        ("--stats-ttl", "FREEAGENT_STATS_TTL"),
+        ("--telemetry-rate", "FREEAGENT_TELEMETRY_RATE"),
+        ("--poll-interval", "FREEAGENT_POLL_INTERVAL"),
+    ] {
+        assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
+        assert!(serve.contains(env), "serve --help lacks {env}:\n{serve}");
+    }
+    let purge = help(&["purge", "--help"]).await;
+    for text in [
+        "--database-url",
+        "FREEAGENT_DATABASE_URL",
+        "--retention-days",
+        "FREEAGENT_RETENTION_DAYS",
+    ] {
+        assert!(purge.contains(text), "purge --help lacks {text}:\n{purge}");
+    }
+}
+
+/// With no subcommand the binary serves, configured from the environment
+/// alone: address, database, admin key, and a duration and a rate
+/// (`FREEAGENT_TELEMETRY_RATE=1`: the third request at once is 429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_subcommand_serves_configured_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let database_url = format!("sqlite://{}", dir.path().join("env.db").display());
+    let log = std::fs::File::create(dir.path().join("env.log")).unwrap();
+    let mut child = freeagent(dir.path())
+        .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
+        .env("FREEAGENT_DATABASE_URL", &database_url)
+        .env("FREEAGENT_ADMIN_KEY", "from-the-environment")
+        .env("FREEAGENT_TELEMETRY_RATE", "1")
+        .env("FREEAGENT_LEASE_TIMEOUT", "90s")
+        .env("FREEAGENT_STATS_TTL", "0s")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start freeagent");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status() == StatusCode::OK)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no controller on LEPTOS_SITE_ADDR; log:\n{}",
+            std::fs::read_to_string(dir.path().join("env.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        dir.path().join("env.db").exists(),
+        "FREEAGENT_DATABASE_URL is used"
+    );
+    let post = |path: &str, secret: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(secret)
+            .json(&body)
+            .send()
+    };
+    let registered: freeagent::wire::WorkerRegistered = expect_json(
+        post(
+            "/api/workers/register",
+            "from-the-environment",
+            json!({"name": "env", "platforms": ["linux"], "cpuCores": 2, "memoryMb": 512}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let build: freeagent::wire::BuildSubmitted = expect_json(
+        post(
+            "/api/builds",
+            "from-the-environment",
+            json!({"platform": "linux"}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let poll = http
+        .post(format!("{base}/api/workers/poll"))
+        .bearer_auth(&registered.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), StatusCode::OK);
+    let mut statuses = Vec::new();
+    for seq in 1..=3 {
+        let response = post(
+            &format!("/api/builds/{}/telemetry", build.id),
+            &registered.token,
+            json!({"snapshots": [sample(seq, now_ms(), 1.0, 1.0)]}),
+        )
+        .await
+        .unwrap();
+        statuses.push(response.status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "FREEAGENT_TELEMETRY_RATE=1 allows bursts of 2"
+    );
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
 }
