@@ -48,6 +48,11 @@ fn freeagent(dir: &Path) -> Command {
 impl Controller {
     /// Starts `freeagent serve` with `extra` flags and waits for /healthz.
     async fn start(dir: &Path, extra: &[&str]) -> Controller {
+        Self::start_logging(dir, extra, "info").await
+    }
+
+    /// Starts `freeagent serve` logging at `level` (`RUST_LOG`).
+    async fn start_logging(dir: &Path, extra: &[&str], level: &str) -> Controller {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let log = dir.join(format!("serve-{port}.log"));
@@ -56,7 +61,7 @@ impl Controller {
             .arg("serve")
             .args(["--listen", &listen])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -405,46 +410,136 @@ async fn serve_generates_admin_key_when_none_is_given() {
     controller.kill9().await;
 }
 
-/// SIGTERM stops the controller gracefully: it exits with success within a
-/// few seconds, and what it acknowledged is there after a restart.
+/// SIGTERM and SIGINT stop the controller gracefully: it exits with
+/// success within a few seconds, and what it acknowledged is there after a
+/// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_the_controller_gracefully() {
+async fn sigterm_and_sigint_stop_the_controller_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let database_url = format!("sqlite://{}", dir.path().join("term.db").display());
-    let mut controller = start_db(dir.path(), &database_url).await;
-    let http = client();
-    let submit = http
-        .post(controller.url("/api/builds"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"platform": "linux"}))
-        .send()
-        .await
-        .unwrap();
-    let build: freeagent::wire::BuildSubmitted = expect_json(submit, StatusCode::CREATED).await;
-    drop(http);
-
-    let pid = controller.child.id().expect("running") as i32;
-    // SAFETY: sends a signal to the child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(10), controller.child.wait())
-        .await
-        .expect("exits within 10 s of SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
-
-    let controller = start_db(dir.path(), &database_url).await;
-    let view: BuildView = expect_json(
-        client()
-            .get(controller.url(&format!("/api/builds/{}", build.id)))
+    let mut submitted = Vec::new();
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut controller = start_db(dir.path(), &database_url).await;
+        let submit = client()
+            .post(controller.url("/api/builds"))
             .bearer_auth(ADMIN_KEY)
+            .json(&json!({"platform": "linux"}))
+            .send()
+            .await
+            .unwrap();
+        let build: freeagent::wire::BuildSubmitted = expect_json(submit, StatusCode::CREATED).await;
+        submitted.push(build.id);
+        let pid = controller.child.id().expect("running") as i32;
+        // SAFETY: sends a signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let status = tokio::time::timeout(Duration::from_secs(10), controller.child.wait())
+            .await
+            .expect("exits within 10 s of the signal")
+            .unwrap();
+        assert!(status.success(), "signal {signal}: exit status {status}");
+    }
+    let controller = start_db(dir.path(), &database_url).await;
+    for id in submitted {
+        let view: BuildView = expect_json(
+            client()
+                .get(controller.url(&format!("/api/builds/{id}")))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(view.status, "pending");
+    }
+    controller.kill9().await;
+}
+
+/// The log, even at debug level, never shows a secret: not the admin key,
+/// a worker token, a build token, nor an unknown secret someone tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_show_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let flags = serve_flags(&database_url);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let controller = Controller::start_logging(dir.path(), &flags, "debug").await;
+    let http = client();
+    let url = |path: &str| controller.url(path);
+    let registered: freeagent::wire::WorkerRegistered = expect_json(
+        http.post(url("/api/workers/register"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"name": "w", "platforms": ["linux"], "cpuCores": 2, "memoryMb": 512}))
             .send()
             .await
             .unwrap(),
-        StatusCode::OK,
+        StatusCode::CREATED,
     )
     .await;
-    assert_eq!(view.status, "pending");
+    let build: freeagent::wire::BuildSubmitted = expect_json(
+        http.post(url("/api/builds"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"platform": "linux"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let token = registered.token.as_str();
+    let id = build.id;
+    let worker_calls = [
+        ("/api/workers/poll".to_string(), None),
+        (format!("/api/builds/{id}/start"), None),
+        (
+            format!("/api/builds/{id}/telemetry"),
+            Some(json!({"snapshots": [sample(1, now_ms(), 10.0, 10.0)]})),
+        ),
+        (
+            format!("/api/builds/{id}/telemetry"),
+            Some(json!({"snapshots": [sample(2, now_ms(), 9999.0, 10.0)]})),
+        ),
+        (
+            format!("/api/builds/{id}/complete"),
+            Some(json!({"success": true})),
+        ),
+    ];
+    for (path, body) in worker_calls {
+        let mut request = http.post(url(&path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        assert!(!request.send().await.unwrap().status().is_server_error());
+    }
+    let unknown = "wrong-secret-7f3a9c";
+    let status = http
+        .post(url("/api/workers/heartbeat"))
+        .bearer_auth(unknown)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let status = http
+        .get(url(&format!("/api/builds/{id}")))
+        .bearer_auth(&build.access_token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let log_path = controller.log.clone();
     controller.kill9().await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.len() > 100, "the controller logged something:\n{log}");
+    for (what, secret) in [
+        ("admin key", ADMIN_KEY),
+        ("worker token", token),
+        ("build token", build.access_token.as_str()),
+        ("unknown secret", unknown),
+    ] {
+        assert!(!log.contains(secret), "the log shows the {what}:\n{log}");
+    }
 }
 
 /// `serve --help` and `purge --help` show every flag of SPEC's
