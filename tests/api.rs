@@ -1821,7 +1821,8 @@ async fn empty_batch_is_200_noop() {
 }
 
 /// A rejected sample does not use up its `seq`: the same seq sent valid
-/// later is accepted, not a duplicate.
+/// later (or later in the same batch) is accepted, not a duplicate; a
+/// duplicate next to a rejected sample makes a 200, not a 422.
 #[tokio::test]
 async fn rejected_sample_does_not_use_up_its_seq() {
     let app = TestApp::start().await;
@@ -1839,6 +1840,36 @@ async fn rejected_sample_does_not_use_up_its_seq() {
         (status, answer.accepted, answer.duplicates),
         (StatusCode::OK, 1, 0)
     );
+    // Within one batch too: an invalid seq 2 then a valid seq 2.
+    let (status, answer) = app
+        .send(
+            &worker,
+            claimed.id,
+            &[sample(2, now, -5.0, 10.0), sample(2, now, 5.0, 10.0)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((answer.accepted, answer.duplicates), (1, 0), "{answer:?}");
+    assert_eq!(
+        answer.rejected.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![0]
+    );
+    // A replay next to an invalid sample: not every sample was rejected, so 200.
+    let (status, answer) = app
+        .send(
+            &worker,
+            claimed.id,
+            &[sample(1, now, 99.0, 10.0), sample(3, now, 1.0, 1e9)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer:?}");
+    assert_eq!((answer.accepted, answer.duplicates), (0, 1), "{answer:?}");
+    assert_eq!(
+        answer.rejected.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![1]
+    );
+    let view = app.build(claimed.id).await;
+    assert_eq!(build_figures(&view), (5.2, Some(10.0), 2));
 }
 
 /// Replaying a batch counts every sample as a duplicate and changes no
