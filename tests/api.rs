@@ -2229,6 +2229,8 @@ async fn lost_worker_build_is_requeued_then_failed() {
             assert_eq!(view.worker_id, None, "{view:?}");
             let stats = app.stats().await;
             assert_eq!((stats.builds_queued, stats.active_builds), (1, 0));
+            assert_eq!(stats.cpu_cores_busy, 0.0, "a requeued build is not busy");
+            assert_eq!(stats.total_cpu_seconds, 7.5, "its CPU still counts");
         } else {
             assert_eq!(view.status, "failed", "{view:?}");
             assert_eq!(view.attempt, 3);
