@@ -177,6 +177,20 @@ pub fn clock_utc(ms: i64) -> String {
     )
 }
 
+/// `ms` since the epoch as an RFC 3339 UTC time to the second:
+/// `2025-11-29T01:33:27Z`, for `<time datetime>`.
+pub fn rfc3339_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let of_day = secs.rem_euclid(86_400);
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        iso_day(secs.div_euclid(86_400)),
+        of_day / 3600,
+        (of_day / 60) % 60,
+        of_day % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +335,7 @@ mod tests {
         assert_eq!(clock_utc(0), "00:00:00 UTC");
         assert_eq!(clock_utc(1_764_380_007_000), "01:33:27 UTC");
         assert_eq!(clock_utc(-1_000), "23:59:59 UTC");
+        assert_eq!(rfc3339_utc(1_764_380_007_000), "2025-11-29T01:33:27Z");
+        assert_eq!(rfc3339_utc(-1_000), "1969-12-31T23:59:59Z");
     }
 }

@@ -155,7 +155,7 @@ pub fn Network(first: Landing) -> AnyView {
                     }
                     stats.set(next);
                     if chart_stale {
-                        if let Ok(days) = get_daily_builds(CHART_DAYS).await {
+                        if let Ok(days) = get_daily_builds(Some(CHART_DAYS.to_string())).await {
                             daily.set(days);
                         }
                     }
@@ -216,7 +216,7 @@ pub fn Network(first: Landing) -> AnyView {
                     </span>
                     <span class="as-of">
                         "as of "
-                        <time id="as-of">{move || format::clock_utc(stats.with(|s| s.generated_at))}</time>
+                        <time id="as-of" datetime=move || format::rfc3339_utc(stats.with(|s| s.generated_at))>{move || format::clock_utc(stats.with(|s| s.generated_at))}</time>
                     </span>
                 </p>
                 <button
