@@ -14,8 +14,17 @@ use crate::error::{AppError, Result};
 use crate::state::{lock, AppState, WorkerIdentity};
 
 /// How stale a worker's stored `last_seen_at` may get before a call refreshes
-/// it: bounds the writes that heartbeats and telemetry cause to one per second.
-const LAST_SEEN_RESOLUTION_MS: i64 = 1_000;
+/// it: bounds the writes that heartbeats and telemetry cause to one per
+/// second, and to an eighth of the online window and lease when those are
+/// shorter, so the stored time never makes a live worker look silent.
+fn last_seen_resolution_ms(state: &AppState) -> i64 {
+    let window = state
+        .settings
+        .online_window
+        .min(state.settings.lease_timeout)
+        .as_millis() as i64;
+    (window / 8).clamp(1, 1_000)
+}
 
 /// SHA-256 of a secret.
 pub fn hash_secret(secret: &str) -> [u8; 32] {
@@ -132,13 +141,13 @@ pub async fn wrong_secret(state: &AppState, hash: [u8; 32]) -> AppError {
 }
 
 /// Records an authenticated call of worker `id` now, writing it through at
-/// most once per [`LAST_SEEN_RESOLUTION_MS`].
+/// most once per [`last_seen_resolution_ms`].
 async fn touch_worker(state: &AppState, id: i64) -> Result<()> {
     let now = now_ms();
     {
         let mut seen = lock(&state.caches.last_seen);
         match seen.get(&id) {
-            Some(&at) if now - at < LAST_SEEN_RESOLUTION_MS => return Ok(()),
+            Some(&at) if now - at < last_seen_resolution_ms(state) => return Ok(()),
             _ => {
                 seen.insert(id, now);
             }

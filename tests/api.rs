@@ -128,7 +128,7 @@ async fn server_functions_serve_the_same_figures() {
     let days: Vec<freeagent::stats::DailyBuilds> = expect_json(response, StatusCode::OK).await;
     assert_eq!(days, app.daily(7).await);
     let mut server_errors = Vec::new();
-    for body in ["days=0", "days=366", "days=abc", ""] {
+    for body in ["days=0", "days=366", "days=abc", "days=-1"] {
         let status = app
             .post_raw("/sfn/daily_builds", None, Some(form), body)
             .await
@@ -138,6 +138,12 @@ async fn server_functions_serve_the_same_figures() {
         }
     }
     assert!(server_errors.is_empty(), "{server_errors:#?}");
+    // Like the REST route, no `days` means 30.
+    let response = app
+        .post_raw("/sfn/daily_builds", None, Some(form), "")
+        .await;
+    let days: Vec<freeagent::stats::DailyBuilds> = expect_json(response, StatusCode::OK).await;
+    assert_eq!(days.len(), 30);
 }
 
 /// Registering answers 201 `{workerId, token}` and the worker counts as online.

@@ -63,13 +63,19 @@ pub async fn get_network_stats() -> Result<NetworkStats, ServerFnError> {
         .map_err(|_| ServerFnError::new("statistics are unavailable right now"))
 }
 
-/// Builds per UTC day for the last `days` days (1..=365), oldest first.
+/// Builds per UTC day for the last `days` days (1..=365, default 30),
+/// oldest first. Takes `days` as text so that a bad value is the client's
+/// 400/422, never a decoding failure answered 500.
 #[server(prefix = "/sfn", endpoint = "daily_builds")]
-pub async fn get_daily_builds(days: u32) -> Result<Vec<DailyBuilds>, ServerFnError> {
-    if !(1..=365).contains(&days) {
-        return Err(ServerFnError::new("days must be in 1..=365"));
-    }
+pub async fn get_daily_builds(days: Option<String>) -> Result<Vec<DailyBuilds>, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
+    let days = match ssr::parse_days(days.as_deref()) {
+        Ok(days) => days,
+        Err(error) => {
+            ssr::set_server_fn_status(&error);
+            return Err(ServerFnError::new(error.to_string()));
+        }
+    };
     ssr::daily(&state, days)
         .await
         .map_err(|_| ServerFnError::new("statistics are unavailable right now"))

@@ -258,16 +258,28 @@ async fn daily_route(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::extract::Query(query): axum::extract::Query<DailyQuery>,
 ) -> Result<axum::Json<Vec<DailyBuilds>>> {
+    let days = parse_days(query.days.as_deref())?;
+    Ok(axum::Json(daily(&state, days).await?))
+}
+
+/// `days` of the daily figures: 30 when absent, text that is not a whole
+/// number 400, outside 1..=365 422.
+pub fn parse_days(text: Option<&str>) -> Result<u32> {
     use crate::error::AppError;
-    let days = match query.days {
-        None => 30,
-        Some(text) => text
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| AppError::BadRequest("days must be a whole number".into()))?,
-    };
+    let Some(text) = text else { return Ok(30) };
+    let days = text
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| AppError::BadRequest("days must be a whole number".into()))?;
     if !(1..=365).contains(&days) {
         return Err(AppError::Invalid("days must be in 1..=365".into()));
     }
-    Ok(axum::Json(daily(&state, days as u32).await?))
+    Ok(days as u32)
+}
+
+/// Gives a server function's answer the status code of a client error.
+pub fn set_server_fn_status(error: &crate::error::AppError) {
+    if let Some(response) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(error.status_and_code().0);
+    }
 }
