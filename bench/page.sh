@@ -33,10 +33,13 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-(cd "$dir" && LEPTOS_SITE_ROOT="$ROOT/target/site" RUST_LOG=warn exec "$BIN" serve \
+# Started directly (no subshell) so that $! is the server itself.
+cd "$dir"
+LEPTOS_SITE_ROOT="$ROOT/target/site" RUST_LOG=warn "$BIN" serve \
   --database-url "sqlite://$dir/bench.db" --listen "127.0.0.1:$port" \
-  --admin-key bench-admin-key-0123456789) >"$dir/server.log" 2>&1 &
+  --admin-key bench-admin-key-0123456789 >"$dir/server.log" 2>&1 &
 server=$!
+cd "$ROOT"
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
