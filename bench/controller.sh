@@ -228,7 +228,6 @@ g_p50=$(f stats-big p50); g_p99=$(f stats-big p99); g_rps=$(f stats-big rps)
 calc() { awk "BEGIN { $1 }"; }
 verdict() { calc "print (($1) ? \"ok\" : \"MISSED\")"; }
 samples_per_s=$(calc "printf \"%.0f\", $b_rps * 1000")
-batch_stored_per_s=$(calc "printf \"%.0f\", $batch_stored / $LOAD_S")
 ratio50=$(calc "printf \"%.2f\", $g_p50 / $e_p50")
 ratio99=$(calc "printf \"%.2f\", $g_p99 / $e_p99")
 seeded_bps=$(calc "printf \"%.1f\", ($(seed size_with_samples) - $(seed size_empty)) / $(seed samples)")
