@@ -96,7 +96,16 @@ pub async fn purge_batch(
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    // Tombstones matter only while their build accepts telemetry.
+    Ok(removed)
+}
+
+/// Drops the tombstones of builds that no longer accept telemetry: they
+/// matter only while a replay could still arrive.
+pub async fn drop_expired_tombstones(
+    conn: &mut SqliteConnection,
+    now: i64,
+    grace_ms: i64,
+) -> Result<()> {
     sqlx::query(
         "DELETE FROM sample_tombstones WHERE build_id IN
          (SELECT id FROM builds WHERE has_tombstones = 1 AND completed_at < ?)",
@@ -110,7 +119,7 @@ pub async fn purge_batch(
     .bind(now - grace_ms)
     .execute(&mut *conn)
     .await?;
-    Ok(removed)
+    Ok(())
 }
 
 /// One full pass through the server's writer, batch by batch.
@@ -128,6 +137,11 @@ pub async fn run_pass(state: &AppState) -> Result<u64> {
             .await?;
         total += removed;
         if removed == 0 {
+            state
+                .db
+                .writer
+                .write(move |conn| drop_expired_tombstones(conn, now, grace_ms).boxed())
+                .await?;
             return Ok(total);
         }
         tokio::task::yield_now().await;
@@ -167,6 +181,12 @@ pub async fn purge(database_url: &str, retention_days: u32) -> Result<u64> {
                     return Err(error);
                 }
             };
+        if removed == 0 {
+            if let Err(error) = drop_expired_tombstones(&mut conn, now, PURGE_GRACE_MS).await {
+                let _ = conn.execute("ROLLBACK").await;
+                return Err(error);
+            }
+        }
         conn.execute("COMMIT").await?;
         total += removed;
         if removed == 0 {
