@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Free Agent needs, and only what
 # is missing (safe to run again): the wasm32 target, cargo-leptos, the
-# wasm-bindgen CLI matching the crate's pinned wasm-bindgen, Chromium and wrk
-# from Debian, and the npm packages of end2end/ (Playwright without a browser
+# wasm-bindgen CLI matching the crate's pinned wasm-bindgen, Chromium, wrk,
+# jq and curl from Debian (the last three for bench/), and the npm packages of end2end/ (Playwright without a browser
 # download; binaryen's wasm-opt, because Debian's breaks hydration).
 # Needs only the Rust toolchain, cargo, npm and apt. Nothing comes from GitHub.
 set -euo pipefail
@@ -28,6 +28,8 @@ apt_install() {
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v jq >/dev/null || missing+=(jq)
+command -v curl >/dev/null || missing+=(curl)
 command -v npm >/dev/null || missing+=(nodejs npm)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
