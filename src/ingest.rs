@@ -412,34 +412,20 @@ async fn store(
     let mut counter = build.cpu_counter_micros;
     let mut peak = build.peak_memory_mb;
     let mut newest: Option<(i64, f64)> = None;
+    let mut valid = Vec::with_capacity(samples.len());
     for (index, sample) in samples.into_iter().enumerate() {
-        let sample = match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
-            Ok(sample) => sample,
-            Err(error) => {
-                answer.rejected.push(Rejection { index, error });
-                continue;
+        match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
+            Ok(sample) if build.has_tombstones && is_tombstoned(conn, id, sample.seq).await? => {
+                answer.duplicates += 1;
             }
-        };
-        if build.has_tombstones && is_tombstoned(conn, id, sample.seq).await? {
-            answer.duplicates += 1;
-            continue;
+            Ok(sample) => valid.push(sample),
+            Err(error) => answer.rejected.push(Rejection { index, error }),
         }
-        let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO samples (build_id, seq, sampled_at, cpu_percent, memory_mb,
-             cpu_time_s, interval_s, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(sample.seq)
-        .bind(sample.sampled_at)
-        .bind(sample.cpu_percent)
-        .bind(sample.memory_mb)
-        .bind(sample.cpu_time_s)
-        .bind(sample.interval_s)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+    }
+    let mut inserted = insert_samples(conn, id, &valid, now).await?;
+    for sample in valid {
+        // The first of several samples with one seq is the one stored.
+        if !inserted.remove(&sample.seq) {
             answer.duplicates += 1;
             continue;
         }
@@ -496,6 +482,50 @@ async fn store(
         .await?;
     }
     Ok(answer)
+}
+
+/// Rows per multi-row insert: 8 parameters each stays far below SQLite's
+/// limit of 32,766 bound parameters.
+const ROWS_PER_INSERT: usize = 250;
+
+/// Stores `samples` with one statement per [`ROWS_PER_INSERT`] rather than
+/// one per sample (each sqlx statement is a round trip to its SQLite
+/// thread); returns the seqs actually inserted, i.e. not seen before.
+async fn insert_samples(
+    conn: &mut SqliteConnection,
+    id: i64,
+    samples: &[Snapshot],
+    now: i64,
+) -> Result<std::collections::HashSet<i64>> {
+    let mut inserted = std::collections::HashSet::with_capacity(samples.len());
+    for chunk in samples.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT OR IGNORE INTO samples (build_id, seq, sampled_at, cpu_percent, memory_mb,
+             cpu_time_s, interval_s, received_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?,?,?,?,?,?,?,?)"
+            } else {
+                ",(?,?,?,?,?,?,?,?)"
+            });
+        }
+        sql.push_str(" RETURNING seq");
+        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        for sample in chunk {
+            query = query
+                .bind(id)
+                .bind(sample.seq)
+                .bind(sample.sampled_at)
+                .bind(sample.cpu_percent)
+                .bind(sample.memory_mb)
+                .bind(sample.cpu_time_s)
+                .bind(sample.interval_s)
+                .bind(now);
+        }
+        inserted.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(inserted)
 }
 
 async fn is_tombstoned(conn: &mut SqliteConnection, id: i64, seq: i64) -> Result<bool> {
