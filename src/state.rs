@@ -70,6 +70,8 @@ pub struct Caches {
     pub buckets: Mutex<HashMap<i64, Bucket>>,
     /// Recently computed figures.
     pub stats: tokio::sync::Mutex<StatsCache>,
+    /// The landing page chart's days as last read, reused for `stats_ttl`.
+    pub chart_days: Mutex<Option<(Instant, Vec<crate::stats::DailyBuilds>)>>,
 }
 
 /// Everything handlers share. Cheap to clone.
