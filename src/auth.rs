@@ -156,7 +156,7 @@ async fn touch_worker(state: &AppState, id: i64) -> Result<()> {
     state
         .db
         .writer
-        .write(move |conn| {
+        .write_checked(move |conn| {
             async move {
                 sqlx::query("UPDATE workers SET last_seen_at = max(last_seen_at, ?) WHERE id = ?")
                     .bind(now)

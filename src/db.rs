@@ -1,11 +1,17 @@
 //! The SQLite database: connection settings, migrations, the read pool, and
 //! the single writer that groups concurrent changes into one transaction.
 //!
-//! Every change goes through [`Writer::write`]. The writer task takes whatever
-//! jobs are queued, runs each inside its own savepoint of one `BEGIN
+//! Every change goes through [`Writer::write`] or [`Writer::write_checked`].
+//! The writer task takes whatever jobs are queued, runs them in one `BEGIN
 //! IMMEDIATE` transaction, commits once (WAL, `synchronous=FULL`: one fsync
 //! for the whole group) and only then answers each caller. So a 2xx answer
 //! means the change is on disk, and durability does not cost throughput.
+//!
+//! Every sqlx statement is a round trip to the connection's own thread, and
+//! on a small machine those hand-offs, not SQLite, bound the rate. So the hot
+//! path (telemetry) runs without a savepoint of its own: it checks
+//! everything before its first write, and a database error after that fails
+//! its whole group, which then answers 503 to every caller in it.
 //! Because one task applies every change in order, claims and state
 //! transitions are atomic without row locks.
 
@@ -78,10 +84,20 @@ pub async fn connect(url: &str) -> std::result::Result<SqliteConnection, sqlx::E
     SqliteConnection::connect_with(&options).await
 }
 
-/// Opens (creating and migrating when needed) the database and starts the writer.
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Opens (creating and migrating when needed) the database and starts the
+/// writer and the checkpointer.
 pub async fn open(url: &str) -> std::result::Result<Database, sqlx::Error> {
-    let write_conn = connect(url).await?;
+    let mut write_conn = connect(url).await?;
+    // SQLite's automatic checkpoint would run inside the writer's COMMIT,
+    // stalling every caller of that group; the checkpointer's own
+    // connection does it beside the writer instead.
+    write_conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
     let options = connect_options(url)?;
+    let checkpoint_conn = SqliteConnection::connect_with(&options).await?;
+    tokio::spawn(run_checkpointer(checkpoint_conn));
     let reads = SqlitePoolOptions::new()
         .max_connections(4)
         .min_connections(1)
@@ -93,11 +109,49 @@ pub async fn open(url: &str) -> std::result::Result<Database, sqlx::Error> {
     })
 }
 
-/// What a job hands back to the writer: whether it succeeded (else its
-/// savepoint is rolled back) and how to answer its caller once the
-/// transaction's fate is known.
-type Outcome = (bool, Box<dyn FnOnce(bool) + Send>);
-type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Outcome> + Send>;
+async fn run_checkpointer(mut conn: SqliteConnection) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // PASSIVE never waits for readers or the writer: whatever it cannot
+        // copy now, the next tick will.
+        if let Err(error) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::warn!(%error, "WAL checkpoint failed");
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// Its writes stay.
+    Done,
+    /// It refused with a client-facing error.
+    Refused,
+    /// The database failed under it.
+    Broken,
+}
+
+/// How a job's failed writes are undone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Undo {
+    /// Each job runs in its own savepoint, rolled back when it does not end `Done`.
+    Savepoint,
+    /// The job writes nothing before it could refuse, so a refusal needs no
+    /// undo; a broken job fails the whole group.
+    FailGroup,
+}
+
+/// What a job hands back to the writer: how it ended and how to answer its
+/// caller once the transaction's fate is known.
+type Outcome = (Ending, Box<dyn FnOnce(bool) + Send>);
+type Run = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Outcome> + Send>;
+
+struct Job {
+    undo: Undo,
+    run: Run,
+}
 
 /// Handle to the single writer task.
 #[derive(Clone)]
@@ -120,11 +174,37 @@ impl Writer {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
+        self.submit(Undo::Savepoint, change).await
+    }
+
+    /// Like [`Writer::write`] without the savepoint's two statements, for a
+    /// `change` that returns every error other than [`AppError::Database`]
+    /// before its first write. A database error fails the whole group.
+    pub async fn write_checked<T, F>(&self, change: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        self.submit(Undo::FailGroup, change).await
+    }
+
+    async fn submit<T, F>(&self, undo: Undo, change: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |conn| {
+        let run: Run = Box::new(move |conn| {
             Box::pin(async move {
                 let result = change(conn).await;
-                let ok = result.is_ok();
+                let ending = match &result {
+                    Ok(_) => Ending::Done,
+                    Err(AppError::Database(error)) => {
+                        tracing::error!(%error, "a write failed in the database");
+                        Ending::Broken
+                    }
+                    Err(_) => Ending::Refused,
+                };
                 let deliver: Box<dyn FnOnce(bool) + Send> = Box::new(move |committed| {
                     let _ = answer.send(if committed {
                         result
@@ -132,11 +212,11 @@ impl Writer {
                         Err(AppError::Unavailable)
                     });
                 });
-                (ok, deliver)
+                (ending, deliver)
             })
         });
         self.jobs
-            .send(job)
+            .send(Job { undo, run })
             .await
             .map_err(|_| AppError::Unavailable)?;
         answered.await.map_err(|_| AppError::Unavailable)?
@@ -169,20 +249,33 @@ async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) 
     tracing::debug!("writer stopped: every handle dropped");
 }
 
+/// Why a group transaction was rolled back.
+#[derive(Debug, thiserror::Error)]
+enum GroupFailed {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("a job without a savepoint failed after it may have written")]
+    BrokenJob,
+}
+
 async fn run_group(
     conn: &mut SqliteConnection,
     batch: &mut Vec<Job>,
     deliveries: &mut Vec<Box<dyn FnOnce(bool) + Send>>,
-) -> std::result::Result<(), sqlx::Error> {
+) -> std::result::Result<(), GroupFailed> {
     conn.execute("BEGIN IMMEDIATE").await?;
     for job in batch.drain(..) {
-        conn.execute("SAVEPOINT job").await?;
-        let (ok, deliver) = job(&mut *conn).await;
-        deliveries.push(deliver);
-        if !ok {
-            conn.execute("ROLLBACK TO job").await?;
+        if job.undo == Undo::Savepoint {
+            conn.execute("SAVEPOINT job").await?;
         }
-        conn.execute("RELEASE job").await?;
+        let (ending, deliver) = (job.run)(&mut *conn).await;
+        deliveries.push(deliver);
+        match (job.undo, ending) {
+            (Undo::Savepoint, Ending::Done) => conn.execute("RELEASE job").await?,
+            (Undo::Savepoint, _) => conn.execute("ROLLBACK TO job; RELEASE job").await?,
+            (Undo::FailGroup, Ending::Broken) => return Err(GroupFailed::BrokenJob),
+            (Undo::FailGroup, _) => continue,
+        };
     }
     conn.execute("COMMIT").await?;
     Ok(())
@@ -194,4 +287,85 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    async fn scratch() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let db = open(&url).await.expect("open");
+        db.writer
+            .write(|conn| {
+                async move {
+                    conn.execute("CREATE TABLE scratch (x INTEGER)").await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+            .expect("create");
+        (dir, db)
+    }
+
+    async fn rows(db: &Database) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM scratch")
+            .fetch_one(&db.reads)
+            .await
+            .expect("count")
+    }
+
+    /// A refusal after a write is undone by the job's savepoint alone.
+    #[tokio::test]
+    async fn refused_job_undoes_its_own_writes() {
+        let (_dir, db) = scratch().await;
+        let refused: Result<()> = db
+            .writer
+            .write(|conn| {
+                async move {
+                    conn.execute("INSERT INTO scratch VALUES (1)").await?;
+                    Err(AppError::Conflict("no".into()))
+                }
+                .boxed()
+            })
+            .await;
+        assert!(matches!(refused, Err(AppError::Conflict(_))));
+        assert_eq!(rows(&db).await, 0);
+    }
+
+    /// A checked job that breaks after writing fails its group: its caller
+    /// gets 503, and nothing it wrote is committed.
+    #[tokio::test]
+    async fn broken_checked_job_fails_its_group() {
+        let (_dir, db) = scratch().await;
+        let broken: Result<()> = db
+            .writer
+            .write_checked(|conn| {
+                async move {
+                    conn.execute("INSERT INTO scratch VALUES (1)").await?;
+                    conn.execute("INSERT INTO no_such_table VALUES (1)").await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await;
+        assert!(matches!(broken, Err(AppError::Unavailable)));
+        assert_eq!(rows(&db).await, 0);
+        // The writer goes on with the next group.
+        let next: Result<()> = db
+            .writer
+            .write_checked(|conn| {
+                async move {
+                    conn.execute("INSERT INTO scratch VALUES (2)").await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await;
+        assert!(next.is_ok());
+        assert_eq!(rows(&db).await, 1);
+    }
 }

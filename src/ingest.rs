@@ -17,7 +17,7 @@ use crate::error::{AppError, Result};
 use crate::fleet::{authorize_reader, load_build, parse_build_id, status, BuildRow};
 use crate::state::{lock, AppState, Bucket, WorkerIdentity};
 use crate::stats::accounting::{build_cpu_micros, counter_micros, percent_sample_micros};
-use crate::stats::ssr::{adjust_day, adjust_totals, day_of, DayDelta, TotalsDelta};
+use crate::stats::ssr::{adjust_day, day_of, DayDelta};
 use crate::wire::{Rejection, Snapshot, TelemetryAnswer};
 
 /// Largest telemetry body.
@@ -335,7 +335,8 @@ async fn telemetry(
     let answer = state
         .db
         .writer
-        .write(move |conn| store(conn, worker, id, body, now, grace_ms).boxed())
+        // `store` refuses before its first write (see `Writer::write_checked`).
+        .write_checked(move |conn| store(conn, worker, id, body, now, grace_ms).boxed())
         .await?;
     tracing::debug!(
         build_id = id,
@@ -443,13 +444,16 @@ async fn store(
         return Ok(answer);
     }
     let newest = newest.filter(|(at, _)| build.newest_sampled_at.is_none_or(|old| *at > old));
+    let cpu_delta = build_cpu_micros(percent_micros, counter) - build.cpu_micros();
+    // Both updates in one statement list: one round trip instead of two.
     sqlx::query(
         "UPDATE builds SET cpu_percent_micros = ?, cpu_counter_micros = ?, peak_memory_mb = ?,
            snapshot_count = snapshot_count + ?,
            newest_sampled_at = coalesce(?, newest_sampled_at),
            newest_cpu_percent = coalesce(?, newest_cpu_percent),
            oldest_raw_received_at = coalesce(oldest_raw_received_at, ?)
-         WHERE id = ?",
+         WHERE id = ?;
+         UPDATE totals SET cpu_micros = cpu_micros + ? WHERE id = 1",
     )
     .bind(percent_micros)
     .bind(counter)
@@ -459,16 +463,8 @@ async fn store(
     .bind(newest.map(|n| n.1))
     .bind(now)
     .bind(id)
+    .bind(cpu_delta)
     .execute(&mut *conn)
-    .await?;
-    let cpu_delta = build_cpu_micros(percent_micros, counter) - build.cpu_micros();
-    adjust_totals(
-        conn,
-        TotalsDelta {
-            cpu_micros: cpu_delta,
-            ..TotalsDelta::default()
-        },
-    )
     .await?;
     if let (true, Some(done)) = (build.is_finished(), build.completed_at) {
         adjust_day(
