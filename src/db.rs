@@ -50,7 +50,7 @@ fn connect_options(url: &str) -> std::result::Result<SqliteConnectOptions, sqlx:
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true)
-        .pragma("cache_size", "-16000"))
+        .pragma("cache_size", "-2048"))
 }
 
 /// Creates the database file's folder when the URL names a file that is missing.

@@ -155,9 +155,7 @@ pub fn parse_body(value: Value, now: i64) -> Result<TelemetryBody> {
     match (body.get("snapshots"), body.get("type")) {
         (Some(Value::Array(list)), _) => {
             if list.len() > MAX_BATCH {
-                return Err(AppError::TooLarge(format!(
-                    "a batch may hold at most {MAX_BATCH} samples"
-                )));
+                return Err(too_many_samples());
             }
             Ok(TelemetryBody::Samples(
                 list.iter().map(parse_sample).collect(),
@@ -286,6 +284,39 @@ fn quote_non_finite(text: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
+/// Reads a telemetry body from its bytes. A well-formed batch's samples are
+/// parsed one at a time from their own text, so that a 1000-sample body is
+/// never a tree of 1000 JSON maps at once (server memory under batch load);
+/// anything else goes through [`parse_body`].
+pub fn parse_body_bytes(bytes: &[u8], now: i64) -> Result<TelemetryBody> {
+    #[derive(serde::Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        snapshots: Vec<&'a serde_json::value::RawValue>,
+    }
+    let Ok(Batch { snapshots }) = serde_json::from_slice::<Batch>(bytes) else {
+        return parse_body(parse_telemetry_json(bytes)?, now);
+    };
+    if snapshots.len() > MAX_BATCH {
+        return Err(too_many_samples());
+    }
+    Ok(TelemetryBody::Samples(
+        snapshots
+            .iter()
+            .map(|raw| {
+                // Valid JSON already: the batch parsed.
+                let value: Value = serde_json::from_str(raw.get())
+                    .map_err(|e| format!("a sample is not valid JSON: {e}"))?;
+                parse_sample(&value)
+            })
+            .collect(),
+    ))
+}
+
+fn too_many_samples() -> AppError {
+    AppError::TooLarge(format!("a batch may hold at most {MAX_BATCH} samples"))
+}
+
 fn parse_telemetry_json(bytes: &[u8]) -> Result<Value> {
     match parse_json(bytes) {
         Ok(value) => Ok(value),
@@ -330,7 +361,7 @@ async fn telemetry(
     rate_limit(&state, worker.id)?;
     let bytes = read_limited(request.into_body(), TELEMETRY_BODY_LIMIT).await?;
     let now = now_ms();
-    let body = parse_body(parse_telemetry_json(&bytes)?, now)?;
+    let body = parse_body_bytes(&bytes, now)?;
     let grace_ms = state.settings.telemetry_grace.as_millis() as i64;
     let answer = state
         .db
@@ -638,6 +669,32 @@ mod tests {
             quote_non_finite(br#"{"a":1e400,"b":-2.5e3}"#).map(String::from_utf8),
             Some(Ok(r#"{"a":"1e400","b":-2.5e3}"#.to_string()))
         );
+    }
+
+    /// The sample-by-sample path reads what the whole-tree path reads: good
+    /// samples, each bad one rejected alone, bare NaN and 1e400 included.
+    #[test]
+    fn batch_bytes_parse_sample_by_sample() {
+        let text = br#"{"snapshots":[{"seq":1,"sampledAt":5,"cpuPercent":1.5,"memoryMb":2},
+            {"seq":2,"sampledAt":5,"cpuPercent":"1","memoryMb":2},
+            {"seq":3,"sampledAt":5,"cpuPercent":1e400,"memoryMb":2}]}"#;
+        let Ok(TelemetryBody::Samples(samples)) = parse_body_bytes(text, 0) else {
+            panic!("not a batch");
+        };
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0].as_ref().map(|s| s.cpu_percent), Ok(1.5));
+        assert!(samples[1].is_err() && samples[2].is_err());
+        let nan = br#"{"snapshots":[{"seq":1,"sampledAt":5,"cpuPercent":NaN,"memoryMb":2}]}"#;
+        assert!(matches!(parse_body_bytes(nan, 0), Ok(TelemetryBody::Samples(s)) if s[0].is_err()));
+        let many = format!(r#"{{"snapshots":[{}{{}}]}}"#, "{},".repeat(MAX_BATCH));
+        assert!(matches!(
+            parse_body_bytes(many.as_bytes(), 0),
+            Err(AppError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_body_bytes(b"{\"snapshots\": 5}", 0),
+            Err(AppError::BadRequest(_))
+        ));
     }
 
     /// The legacy body is one sample keyed by its timestamp's whole seconds.
