@@ -190,7 +190,7 @@ import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
 c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 n = c.execute("SELECT count(*) FROM samples").fetchone()[0]
-b = c.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'samples'").fetchone()[0]
+b = c.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'sample_rows'").fetchone()[0]
 print(n, b)
 EOF
 )

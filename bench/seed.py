@@ -16,7 +16,7 @@ cumulative cpuTimeS, intervalS 5, received within the retention window (so
 that retention does not start deleting them while the benchmark runs).
 
 Prints one line of `key=value` pairs: the file size before and after the
-samples (checkpointed, -wal included), the samples table's bytes by dbstat,
+samples (checkpointed, -wal included), the sample_rows table's bytes by dbstat,
 and the counts written.
 
     python3 bench/seed.py DB_PATH [--builds N] [--samples N] [--workers N]
@@ -33,6 +33,19 @@ MS_PER_DAY = 86_400_000
 INTERVAL_S = 5
 CPU_CORES = 8
 MEMORY_MB = 32_768
+
+
+def stored(value, scale):
+    """A measurement as the controller writes it into sample_rows (see
+    migrations/*_compact_samples.sql and ingest::Stored): the integer
+    value * scale when dividing that by scale gives back exactly value,
+    else the value itself."""
+    if value is None:
+        return None
+    n = round(value * scale)
+    if abs(n) < 9e15 and n / scale == value:
+        return int(n)
+    return value
 
 
 def file_bytes(path):
@@ -126,7 +139,9 @@ def main():
                 percent_micros += k * 5000              # round(k/10 * 5 * 1e4)
                 if mem > peak:
                     peak = mem
-                yield (i, seq, sampled, pct, mem, cpu_time, INTERVAL_S, sampled + 120)
+                # interval_s NULL: the default 5 s; received 120 ms after sampling.
+                yield (i, seq, sampled, stored(pct, 100), stored(mem, 1024),
+                       stored(cpu_time, 100), None, 120)
             agg_percent[i] = percent_micros
             agg_counter[i] = counter_hundredths * 10_000 if n else None
             agg_peak[i] = peak if n else None
@@ -135,8 +150,8 @@ def main():
 
     conn.execute("BEGIN")
     conn.executemany(
-        "INSERT INTO samples (build_id, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s,"
-        " interval_s, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sample_rows (build_id, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s,"
+        " interval_s, received_after_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         sample_rows(),
     )
     conn.execute("COMMIT")
@@ -201,10 +216,10 @@ def main():
     )
     conn.execute("COMMIT")
 
-    stored = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+    stored_count = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
     try:
         dbstat = conn.execute(
-            "SELECT sum(pgsize) FROM dbstat WHERE name = 'samples'").fetchone()[0]
+            "SELECT sum(pgsize) FROM dbstat WHERE name = 'sample_rows'").fetchone()[0]
     except sqlite3.DatabaseError:
         dbstat = None
     # Back to WAL, as the controller keeps it.
@@ -212,7 +227,7 @@ def main():
     size_full = checkpointed_size(conn, args.db)
     conn.close()
     print(
-        f"builds={builds} samples={stored} workers={workers} days={len(daily)}"
+        f"builds={builds} samples={stored_count} workers={workers} days={len(daily)}"
         f" size_empty={size_empty} size_with_samples={size_samples} size_full={size_full}"
         f" samples_dbstat_bytes={dbstat if dbstat is not None else 'NA'}"
         f" samples_seconds={samples_seconds:.1f} seconds={time.monotonic() - started_clock:.1f}"

@@ -368,4 +368,73 @@ mod tests {
         assert!(next.is_ok());
         assert_eq!(rows(&db).await, 1);
     }
+
+    /// Samples stored before the compact layout read back unchanged after
+    /// its migration, odd values included.
+    #[tokio::test]
+    async fn compact_samples_migration_keeps_every_value() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        ensure_parent_dir(&url).expect("dir");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect_options(&url).expect("options"))
+            .await
+            .expect("pool");
+        let full = sqlx::migrate!();
+        let mut before = sqlx::migrate!();
+        before.migrations = full
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261129000003)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.expect("older schema");
+        type Row = (i64, i64, i64, f64, f64, Option<f64>, i64, i64);
+        let rows: Vec<Row> = vec![
+            (1, 1, 1_000, 153.2, 2048.5, Some(312.75), 5, 1_100),
+            (1, 2, 2_000, 0.1 + 0.2, 100.3, None, 7, 1_900),
+            (
+                2,
+                1,
+                3_000,
+                1.0 / 3.0,
+                257.0 / 256.0,
+                Some(0.001),
+                300,
+                9_000,
+            ),
+        ];
+        for row in &rows {
+            sqlx::query("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(row.0)
+                .bind(row.1)
+                .bind(row.2)
+                .bind(row.3)
+                .bind(row.4)
+                .bind(row.5)
+                .bind(row.6)
+                .bind(row.7)
+                .execute(&pool)
+                .await
+                .expect("old row");
+        }
+        full.run(&pool).await.expect("migrate");
+        let read: Vec<Row> = sqlx::query_as(
+            "SELECT build_id, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s,
+             received_at FROM samples ORDER BY build_id, seq",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("read");
+        assert_eq!(read, rows);
+        let integers: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sample_rows WHERE typeof(cpu_percent) = 'integer'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert_eq!(integers, 1, "only 153.2 is exact in hundredths");
+    }
 }

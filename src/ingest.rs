@@ -515,6 +515,53 @@ async fn store(
 /// limit of 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 250;
 
+/// A measurement as `sample_rows` keeps it (see its migration): the integer
+/// `value * scale` when dividing that by `scale` gives back exactly `value`
+/// (1 to 4 bytes on disk where a REAL takes 8), else `value` itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stored {
+    /// `value * scale`, exactly.
+    Scaled(i64),
+    /// The value as sent.
+    Exact(f64),
+}
+
+/// `cpuPercent` and `cpuTimeS` are kept in hundredths when exact.
+pub const HUNDREDTHS: f64 = 100.0;
+/// `memoryMb` is kept in KiB when exact (the agent measures whole pages).
+pub const KIB_PER_MIB: f64 = 1024.0;
+
+impl Stored {
+    /// How `value` is written with this `scale`.
+    pub fn new(value: f64, scale: f64) -> Stored {
+        let scaled = (value * scale).round();
+        // SQLite decodes with `n / scale` in doubles, the same division.
+        if scaled.abs() < 9.0e15 && scaled / scale == value {
+            Stored::Scaled(scaled as i64)
+        } else {
+            Stored::Exact(value)
+        }
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for Stored {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <f64 as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Stored {
+    fn encode_by_ref(
+        &self,
+        args: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self {
+            Stored::Scaled(n) => <i64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(n, args),
+            Stored::Exact(x) => <f64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(x, args),
+        }
+    }
+}
+
 /// Stores `samples` with one statement per [`ROWS_PER_INSERT`] rather than
 /// one per sample (each sqlx statement is a round trip to its SQLite
 /// thread); returns the seqs actually inserted, i.e. not seen before.
@@ -527,8 +574,8 @@ async fn insert_samples(
     let mut inserted = std::collections::HashSet::with_capacity(samples.len());
     for chunk in samples.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(
-            "INSERT OR IGNORE INTO samples (build_id, seq, sampled_at, cpu_percent, memory_mb,
-             cpu_time_s, interval_s, received_at) VALUES ",
+            "INSERT OR IGNORE INTO sample_rows (build_id, seq, sampled_at, cpu_percent, memory_mb,
+             cpu_time_s, interval_s, received_after_ms) VALUES ",
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 {
@@ -544,11 +591,11 @@ async fn insert_samples(
                 .bind(id)
                 .bind(sample.seq)
                 .bind(sample.sampled_at)
-                .bind(sample.cpu_percent)
-                .bind(sample.memory_mb)
-                .bind(sample.cpu_time_s)
-                .bind(sample.interval_s)
-                .bind(now);
+                .bind(Stored::new(sample.cpu_percent, HUNDREDTHS))
+                .bind(Stored::new(sample.memory_mb, KIB_PER_MIB))
+                .bind(sample.cpu_time_s.map(|t| Stored::new(t, HUNDREDTHS)))
+                .bind((sample.interval_s != DEFAULT_INTERVAL_S).then_some(sample.interval_s))
+                .bind(now - sample.sampled_at);
         }
         inserted.extend(query.fetch_all(&mut *conn).await?);
     }
@@ -695,6 +742,28 @@ mod tests {
             parse_body_bytes(b"{\"snapshots\": 5}", 0),
             Err(AppError::BadRequest(_))
         ));
+    }
+
+    /// Agent-shaped numbers become small integers; anything that would not
+    /// read back exactly stays a REAL.
+    #[test]
+    fn stored_measurements_read_back_exactly() {
+        assert_eq!(Stored::new(153.2, HUNDREDTHS), Stored::Scaled(15320));
+        assert_eq!(Stored::new(312.75, HUNDREDTHS), Stored::Scaled(31275));
+        assert_eq!(Stored::new(2048.5, KIB_PER_MIB), Stored::Scaled(2_097_664));
+        assert_eq!(
+            Stored::new(257.0 * 4096.0 / 1_048_576.0, KIB_PER_MIB),
+            Stored::Scaled(1028)
+        );
+        assert_eq!(Stored::new(0.123, HUNDREDTHS), Stored::Exact(0.123));
+        assert_eq!(Stored::new(100.3, KIB_PER_MIB), Stored::Exact(100.3));
+        assert_eq!(Stored::new(1e17, HUNDREDTHS), Stored::Exact(1e17));
+        for value in [0.07, 0.29, 1.15, 99.99, 4.35, 1234.56, 0.01] {
+            let Stored::Scaled(n) = Stored::new(value, HUNDREDTHS) else {
+                panic!("{value} is in hundredths");
+            };
+            assert_eq!(n as f64 / HUNDREDTHS, value);
+        }
     }
 
     /// The legacy body is one sample keyed by its timestamp's whole seconds.

@@ -67,7 +67,7 @@ pub async fn purge_batch(
                 .await?;
         }
         removed += sqlx::query(
-            "DELETE FROM samples WHERE build_id = ?1 AND seq IN
+            "DELETE FROM sample_rows WHERE build_id = ?1 AND seq IN
              (SELECT seq FROM samples WHERE build_id = ?1 AND received_at < ?2 LIMIT ?3)",
         )
         .bind(id)

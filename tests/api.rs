@@ -599,6 +599,46 @@ async fn snapshots_route_lists_samples_oldest_first() {
     }
 }
 
+/// Samples are stored compactly (small integers where exact), yet every
+/// value reads back as the very number sent, the odd ones included.
+#[tokio::test]
+async fn stored_samples_read_back_exactly() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let claimed = app.running_build(&worker, LINUX).await;
+    let a = claimed.assigned_at;
+    let odd = [
+        (0.1 + 0.2, 257.0 * 4096.0 / 1_048_576.0, Some(4.56)),
+        (1.0 / 3.0, 2048.5, Some(0.001)),
+        (153.2, 100.3, None),
+        (0.0, 0.0, Some(0.0)),
+        (399.99, 4_095.999_999_999_9, Some(std::f64::consts::PI)),
+    ];
+    let sent: Vec<Snapshot> = odd
+        .iter()
+        .enumerate()
+        .map(|(i, &(cpu, memory, cpu_time))| Snapshot {
+            cpu_time_s: cpu_time,
+            interval_s: [5, 7][i % 2],
+            ..sample(i as i64 + 1, a + 1000 * (i as i64 + 1), cpu, memory)
+        })
+        .collect();
+    app.send_ok(&worker, claimed.id, &sent).await;
+    let listed: Vec<Snapshot> = serde_json::from_value(
+        expect_json(
+            app.get(
+                &format!("/api/builds/{}/snapshots", claimed.id),
+                Some(ADMIN_KEY),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(listed, sent);
+}
+
 // ---------------------------------------------------------------- 400
 
 /// A body that is not JSON is 400 with an error body, on every JSON route.
