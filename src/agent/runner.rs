@@ -573,13 +573,21 @@ fn sample(
     Snapshot {
         seq,
         sampled_at: now_ms(),
-        cpu_percent,
+        cpu_percent: hundredths(cpu_percent),
         memory_mb,
-        cpu_time_s: Some(cpu_time_s),
+        cpu_time_s: Some(hundredths(cpu_time_s)),
         interval_s: i64::try_from(interval.as_secs())
             .unwrap_or(300)
             .clamp(1, 300),
     }
+}
+
+/// `x` to two decimals. The kernel accounts CPU time in 10 ms ticks, so
+/// finer digits measure nothing, and the controller stores a figure in
+/// hundredths in 2 to 4 bytes where an arbitrary double takes 8. Rounding is
+/// monotonic: the counter still never decreases.
+pub fn hundredths(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 fn retry_delay(failures: u32) -> Duration {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::client::{Client, Tally};
 use super::delivery::{Delivery, DeliveryConfig, DeliveryStats};
-use super::runner::{now_ms, Shutdown};
+use super::runner::{hundredths, now_ms, Shutdown};
 use super::{parse_duration, parse_interval, AgentError};
 use crate::wire::{ClaimedBuild, CompleteBuild, RegisterWorker, Snapshot, SubmitBuild};
 
@@ -254,7 +254,10 @@ async fn synthetic_build(
         let now = Instant::now();
         let (memory_mb, step) = {
             let mut rng = rand::thread_rng();
-            (rng.gen_range(300.0..6000.0), rng.gen_range(-150.0..150.0))
+            (
+                rng.gen_range(300.0..6000.0f64),
+                rng.gen_range(-150.0..150.0),
+            )
         };
         percent = (percent + step).clamp(20.0, 100.0 * f64::from(SIM_CORES) * 0.9);
         cpu_time_s += percent / 100.0 * now.duration_since(last).as_secs_f64();
@@ -263,9 +266,9 @@ async fn synthetic_build(
         delivery.push(Snapshot {
             seq,
             sampled_at: now_ms(),
-            cpu_percent: percent,
-            memory_mb,
-            cpu_time_s: Some(cpu_time_s),
+            cpu_percent: hundredths(percent),
+            memory_mb: memory_mb.round(),
+            cpu_time_s: Some(hundredths(cpu_time_s)),
             interval_s,
         });
         if cut || now >= ends {
