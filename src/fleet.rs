@@ -143,6 +143,17 @@ pub async fn load_build(conn: &mut SqliteConnection, id: i64) -> Result<BuildRow
         .ok_or_else(AppError::unknown_build)
 }
 
+/// Loads the builds among `ids` that exist, inside the writer's transaction.
+pub async fn load_builds(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<BuildRow>> {
+    let ids = serde_json::to_string(ids).map_err(|_| AppError::Unavailable)?;
+    Ok(sqlx::query_as::<_, BuildRow>(&format!(
+        "SELECT {BUILD_COLUMNS} FROM builds WHERE id IN (SELECT value FROM json_each(?))"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 /// Loads a build for a reader and checks the reader may see it.
 pub async fn authorize_reader(state: &AppState, reader: &BuildReader, id: i64) -> Result<BuildRow> {
     let build = {

@@ -19,7 +19,8 @@
 //!   settings, caches), [`auth`] (bearer extractors), [`body`] (JSON bodies
 //!   with SPEC's status codes), [`config`] (flags).
 //! - domains: [`fleet`] (workers, the build lifecycle, the lease reaper),
-//!   [`ingest`] (telemetry validation and storage), [`retention`].
+//!   [`ingest`] (telemetry validation; `ingest::store` batches requests
+//!   into one writer job), [`retention`].
 //! - top: [`server`] (assembles the router, starts background tasks, serves)
 //!   and [`cli`] (subcommands).
 //! - [`agent`]: the worker agent and simulator; shares only [`wire`].

@@ -25,6 +25,7 @@ use crate::auth::hash_secret;
 use crate::config::ServeArgs;
 use crate::db::{self, Database};
 use crate::error::AppError;
+use crate::ingest::store::TelemetryQueue;
 use crate::state::{AppState, Caches, Settings};
 
 /// Where a generated admin key is written.
@@ -111,7 +112,9 @@ fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {
 pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let key = admin_key(args.admin_key.as_deref())?;
     let database: Database = db::open(&args.database_url).await?;
+    let grace_ms = args.telemetry_grace.as_millis() as i64;
     Ok(AppState {
+        telemetry: TelemetryQueue::start(database.writer.clone(), grace_ms),
         db: database,
         settings: Arc::new(Settings {
             admin_key_hash: hash_secret(&key),

@@ -79,6 +79,8 @@ pub struct Caches {
 pub struct AppState {
     /// Read pool and writer.
     pub db: Database,
+    /// Where telemetry requests queue to be stored together.
+    pub telemetry: crate::ingest::store::TelemetryQueue,
     /// Parsed settings.
     pub settings: Arc<Settings>,
     /// In-memory caches.

@@ -1,24 +1,23 @@
-//! Telemetry: the route, per-sample validation, and storage of samples with
-//! the per-build and network-wide figures they change, in one transaction.
+//! Telemetry: the route and per-sample validation; [`store`] keeps the
+//! samples with the per-build and network-wide figures they change, in one
+//! transaction.
+
+pub mod store;
 
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::FutureExt;
 use serde_json::{Map, Value};
-use sqlx::SqliteConnection;
 
 use crate::auth::{BuildReader, Worker};
 use crate::body::{parse_json, read_limited};
 use crate::db::now_ms;
 use crate::error::{AppError, Result};
-use crate::fleet::{authorize_reader, load_build, parse_build_id, status, BuildRow};
-use crate::state::{lock, AppState, Bucket, WorkerIdentity};
-use crate::stats::accounting::{build_cpu_micros, counter_micros, percent_sample_micros};
-use crate::stats::ssr::{adjust_day, day_of, DayDelta};
-use crate::wire::{Rejection, Snapshot, TelemetryAnswer};
+use crate::fleet::{authorize_reader, parse_build_id};
+use crate::state::{lock, AppState, Bucket};
+use crate::wire::Snapshot;
 
 /// Largest telemetry body.
 pub const TELEMETRY_BODY_LIMIT: usize = 256 * 1024;
@@ -362,12 +361,14 @@ async fn telemetry(
     let bytes = read_limited(request.into_body(), TELEMETRY_BODY_LIMIT).await?;
     let now = now_ms();
     let body = parse_body_bytes(&bytes, now)?;
-    let grace_ms = state.settings.telemetry_grace.as_millis() as i64;
     let answer = state
-        .db
-        .writer
-        // `store` refuses before its first write (see `Writer::write_checked`).
-        .write_checked(move |conn| store(conn, worker, id, body, now, grace_ms).boxed())
+        .telemetry
+        .store(store::Incoming {
+            worker,
+            build_id: id,
+            body,
+            now,
+        })
         .await?;
     tracing::debug!(
         build_id = id,
@@ -385,231 +386,6 @@ async fn telemetry(
         StatusCode::OK
     };
     Ok((code, Json(answer)).into_response())
-}
-
-/// 409 unless the build takes telemetry now: while assigned or building,
-/// and for the grace period after it finished.
-fn require_accepting(build: &BuildRow, now: i64, grace_ms: i64) -> Result<()> {
-    let open = match build.status.as_str() {
-        status::ASSIGNED | status::BUILDING => true,
-        _ => build
-            .completed_at
-            .is_some_and(|done| now - done <= grace_ms),
-    };
-    if open {
-        Ok(())
-    } else {
-        Err(AppError::Conflict(format!(
-            "this {} build no longer accepts telemetry",
-            build.status
-        )))
-    }
-}
-
-async fn store(
-    conn: &mut SqliteConnection,
-    worker: WorkerIdentity,
-    id: i64,
-    body: TelemetryBody,
-    now: i64,
-    grace_ms: i64,
-) -> Result<TelemetryAnswer> {
-    let build = load_build(conn, id).await?;
-    build.require_worker(&worker)?;
-    require_accepting(&build, now, grace_ms)?;
-    let samples = match body {
-        TelemetryBody::Event { kind, at, data } => {
-            sqlx::query(
-                "INSERT INTO build_events (build_id, type, at, data, received_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(kind)
-            .bind(at)
-            .bind(data)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            return Ok(TelemetryAnswer::default());
-        }
-        TelemetryBody::Samples(samples) => samples,
-    };
-    let bounds = Bounds {
-        cpu_cores: worker.cpu_cores,
-        memory_mb: worker.memory_mb,
-        assigned_at: build.assigned_at.unwrap_or(build.submitted_at),
-        now,
-    };
-    let mut answer = TelemetryAnswer::default();
-    let mut percent_micros = build.cpu_percent_micros;
-    let mut counter = build.cpu_counter_micros;
-    let mut peak = build.peak_memory_mb;
-    let mut newest: Option<(i64, f64)> = None;
-    let mut valid = Vec::with_capacity(samples.len());
-    for (index, sample) in samples.into_iter().enumerate() {
-        match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
-            Ok(sample) if build.has_tombstones && is_tombstoned(conn, id, sample.seq).await? => {
-                answer.duplicates += 1;
-            }
-            Ok(sample) => valid.push(sample),
-            Err(error) => answer.rejected.push(Rejection { index, error }),
-        }
-    }
-    let mut inserted = insert_samples(conn, id, &valid, now).await?;
-    for sample in valid {
-        // The first of several samples with one seq is the one stored.
-        if !inserted.remove(&sample.seq) {
-            answer.duplicates += 1;
-            continue;
-        }
-        answer.accepted += 1;
-        percent_micros += percent_sample_micros(sample.cpu_percent, sample.interval_s);
-        if let Some(cpu_time) = sample.cpu_time_s {
-            counter = Some(counter.unwrap_or(0).max(counter_micros(cpu_time)));
-        }
-        peak = Some(peak.map_or(sample.memory_mb, |p| p.max(sample.memory_mb)));
-        if newest.is_none_or(|(at, _)| sample.sampled_at > at) {
-            newest = Some((sample.sampled_at, sample.cpu_percent));
-        }
-    }
-    if answer.accepted == 0 {
-        return Ok(answer);
-    }
-    let newest = newest.filter(|(at, _)| build.newest_sampled_at.is_none_or(|old| *at > old));
-    let cpu_delta = build_cpu_micros(percent_micros, counter) - build.cpu_micros();
-    // Both updates in one statement list: one round trip instead of two.
-    sqlx::query(
-        "UPDATE builds SET cpu_percent_micros = ?, cpu_counter_micros = ?, peak_memory_mb = ?,
-           snapshot_count = snapshot_count + ?,
-           newest_sampled_at = coalesce(?, newest_sampled_at),
-           newest_cpu_percent = coalesce(?, newest_cpu_percent),
-           oldest_raw_received_at = coalesce(oldest_raw_received_at, ?)
-         WHERE id = ?;
-         UPDATE totals SET cpu_micros = cpu_micros + ? WHERE id = 1",
-    )
-    .bind(percent_micros)
-    .bind(counter)
-    .bind(peak)
-    .bind(answer.accepted as i64)
-    .bind(newest.map(|n| n.0))
-    .bind(newest.map(|n| n.1))
-    .bind(now)
-    .bind(id)
-    .bind(cpu_delta)
-    .execute(&mut *conn)
-    .await?;
-    if let (true, Some(done)) = (build.is_finished(), build.completed_at) {
-        adjust_day(
-            conn,
-            day_of(done),
-            DayDelta {
-                cpu_micros: cpu_delta,
-                ..DayDelta::default()
-            },
-        )
-        .await?;
-    }
-    Ok(answer)
-}
-
-/// Rows per multi-row insert: 8 parameters each stays far below SQLite's
-/// limit of 32,766 bound parameters.
-const ROWS_PER_INSERT: usize = 250;
-
-/// A measurement as `sample_rows` keeps it (see its migration): the integer
-/// `value * scale` when dividing that by `scale` gives back exactly `value`
-/// (1 to 4 bytes on disk where a REAL takes 8), else `value` itself.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Stored {
-    /// `value * scale`, exactly.
-    Scaled(i64),
-    /// The value as sent.
-    Exact(f64),
-}
-
-/// `cpuPercent` and `cpuTimeS` are kept in hundredths when exact.
-pub const HUNDREDTHS: f64 = 100.0;
-/// `memoryMb` is kept in KiB when exact (the agent measures whole pages).
-pub const KIB_PER_MIB: f64 = 1024.0;
-
-impl Stored {
-    /// How `value` is written with this `scale`.
-    pub fn new(value: f64, scale: f64) -> Stored {
-        let scaled = (value * scale).round();
-        // SQLite decodes with `n / scale` in doubles, the same division.
-        if scaled.abs() < 9.0e15 && scaled / scale == value {
-            Stored::Scaled(scaled as i64)
-        } else {
-            Stored::Exact(value)
-        }
-    }
-}
-
-impl sqlx::Type<sqlx::Sqlite> for Stored {
-    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-        <f64 as sqlx::Type<sqlx::Sqlite>>::type_info()
-    }
-}
-
-impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Stored {
-    fn encode_by_ref(
-        &self,
-        args: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
-    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        match self {
-            Stored::Scaled(n) => <i64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(n, args),
-            Stored::Exact(x) => <f64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(x, args),
-        }
-    }
-}
-
-/// Stores `samples` with one statement per [`ROWS_PER_INSERT`] rather than
-/// one per sample (each sqlx statement is a round trip to its SQLite
-/// thread); returns the seqs actually inserted, i.e. not seen before.
-async fn insert_samples(
-    conn: &mut SqliteConnection,
-    id: i64,
-    samples: &[Snapshot],
-    now: i64,
-) -> Result<std::collections::HashSet<i64>> {
-    let mut inserted = std::collections::HashSet::with_capacity(samples.len());
-    for chunk in samples.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(
-            "INSERT OR IGNORE INTO sample_rows (build_id, seq, sampled_at, cpu_percent, memory_mb,
-             cpu_time_s, interval_s, received_after_ms) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 {
-                "(?,?,?,?,?,?,?,?)"
-            } else {
-                ",(?,?,?,?,?,?,?,?)"
-            });
-        }
-        sql.push_str(" RETURNING seq");
-        let mut query = sqlx::query_scalar::<_, i64>(&sql);
-        for sample in chunk {
-            query = query
-                .bind(id)
-                .bind(sample.seq)
-                .bind(sample.sampled_at)
-                .bind(Stored::new(sample.cpu_percent, HUNDREDTHS))
-                .bind(Stored::new(sample.memory_mb, KIB_PER_MIB))
-                .bind(sample.cpu_time_s.map(|t| Stored::new(t, HUNDREDTHS)))
-                .bind((sample.interval_s != DEFAULT_INTERVAL_S).then_some(sample.interval_s))
-                .bind(now - sample.sampled_at);
-        }
-        inserted.extend(query.fetch_all(&mut *conn).await?);
-    }
-    Ok(inserted)
-}
-
-async fn is_tombstoned(conn: &mut SqliteConnection, id: i64, seq: i64) -> Result<bool> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM sample_tombstones WHERE build_id = ? AND seq = ?")
-            .bind(id)
-            .bind(seq)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(found.is_some())
 }
 
 async fn snapshots(
@@ -742,28 +518,6 @@ mod tests {
             parse_body_bytes(b"{\"snapshots\": 5}", 0),
             Err(AppError::BadRequest(_))
         ));
-    }
-
-    /// Agent-shaped numbers become small integers; anything that would not
-    /// read back exactly stays a REAL.
-    #[test]
-    fn stored_measurements_read_back_exactly() {
-        assert_eq!(Stored::new(153.2, HUNDREDTHS), Stored::Scaled(15320));
-        assert_eq!(Stored::new(312.75, HUNDREDTHS), Stored::Scaled(31275));
-        assert_eq!(Stored::new(2048.5, KIB_PER_MIB), Stored::Scaled(2_097_664));
-        assert_eq!(
-            Stored::new(257.0 * 4096.0 / 1_048_576.0, KIB_PER_MIB),
-            Stored::Scaled(1028)
-        );
-        assert_eq!(Stored::new(0.123, HUNDREDTHS), Stored::Exact(0.123));
-        assert_eq!(Stored::new(100.3, KIB_PER_MIB), Stored::Exact(100.3));
-        assert_eq!(Stored::new(1e17, HUNDREDTHS), Stored::Exact(1e17));
-        for value in [0.07, 0.29, 1.15, 99.99, 4.35, 1234.56, 0.01] {
-            let Stored::Scaled(n) = Stored::new(value, HUNDREDTHS) else {
-                panic!("{value} is in hundredths");
-            };
-            assert_eq!(n as f64 / HUNDREDTHS, value);
-        }
     }
 
     /// The legacy body is one sample keyed by its timestamp's whole seconds.

@@ -1,0 +1,455 @@
+//! Storing telemetry: every request queued while the previous batch was
+//! being committed is stored by one writer job, with the same answers and
+//! figures as storing them one by one in arrival order.
+//!
+//! Every sqlx statement is a round trip to the connection's thread; stored
+//! one request at a time, 64 connections of single-sample telemetry spent
+//! most of their time in those hand-offs (a third of both cores idle).
+//! Here a batch of requests costs a handful of statements: one to load the
+//! builds, one insert per 250 samples, one update of the builds and totals.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::FutureExt;
+use sqlx::SqliteConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{check_ranges, Bounds, TelemetryBody, DEFAULT_INTERVAL_S};
+use crate::db::Writer;
+use crate::error::{AppError, Result};
+use crate::fleet::{load_builds, status, BuildRow};
+use crate::state::WorkerIdentity;
+use crate::stats::accounting::{counter_micros, percent_sample_micros};
+use crate::stats::ssr::{adjust_day, day_of, DayDelta};
+use crate::wire::{Rejection, Snapshot, TelemetryAnswer};
+
+/// Most requests stored by one writer job.
+const MAX_REQUESTS_PER_BATCH: usize = 128;
+/// Requests waiting for the batcher before callers wait to queue.
+const QUEUE_DEPTH: usize = 4096;
+/// Rows per multi-row insert: 8 parameters each stays far below SQLite's
+/// limit of 32,766 bound parameters.
+const ROWS_PER_INSERT: usize = 250;
+/// Builds per multi-row update: 8 parameters each.
+const BUILDS_PER_UPDATE: usize = 250;
+
+/// One telemetry request, parsed, for the build it names.
+pub struct Incoming {
+    /// The authenticated worker.
+    pub worker: WorkerIdentity,
+    /// The build in the path.
+    pub build_id: i64,
+    /// Samples or an event.
+    pub body: TelemetryBody,
+    /// When the request arrived, ms.
+    pub now: i64,
+}
+
+type Queued = (Incoming, oneshot::Sender<Result<TelemetryAnswer>>);
+
+/// Handle to the telemetry batcher. Cheap to clone.
+#[derive(Clone)]
+pub struct TelemetryQueue {
+    requests: mpsc::Sender<Queued>,
+}
+
+impl TelemetryQueue {
+    /// Starts the batcher, which stores through `writer`; builds take
+    /// telemetry for `grace_ms` after they finished.
+    pub fn start(writer: Writer, grace_ms: i64) -> TelemetryQueue {
+        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_batcher(writer, queue, grace_ms));
+        TelemetryQueue { requests }
+    }
+
+    /// Stores `incoming` and answers once it is committed (or refused).
+    pub async fn store(&self, incoming: Incoming) -> Result<TelemetryAnswer> {
+        let (answer, answered) = oneshot::channel();
+        self.requests
+            .send((incoming, answer))
+            .await
+            .map_err(|_| AppError::Unavailable)?;
+        answered.await.map_err(|_| AppError::Unavailable)?
+    }
+}
+
+async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Queued>, grace_ms: i64) {
+    let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
+    while queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await > 0 {
+        let (requests, answers): (Vec<Incoming>, Vec<_>) = batch.drain(..).unzip();
+        // `store_batch` refuses a request before writing anything for it, and
+        // any database error fails the whole job (see `Writer::write_checked`).
+        let stored = writer
+            .write_checked(move |conn| store_batch(conn, requests, grace_ms).boxed())
+            .await;
+        match stored {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            Err(_) => {
+                for answer in answers {
+                    let _ = answer.send(Err(AppError::Unavailable));
+                }
+            }
+        }
+    }
+}
+
+/// 409 unless the build takes telemetry now: while assigned or building,
+/// and for the grace period after it finished.
+fn require_accepting(build: &BuildRow, now: i64, grace_ms: i64) -> Result<()> {
+    let open = match build.status.as_str() {
+        status::ASSIGNED | status::BUILDING => true,
+        _ => build
+            .completed_at
+            .is_some_and(|done| now - done <= grace_ms),
+    };
+    if open {
+        Ok(())
+    } else {
+        Err(AppError::Conflict(format!(
+            "this {} build no longer accepts telemetry",
+            build.status
+        )))
+    }
+}
+
+/// A build's figures as the batch changes them, in arrival order.
+struct BuildProgress {
+    row: BuildRow,
+    /// Its CPU time before this batch, µs.
+    cpu_before: i64,
+    /// Seqs offered to the insert by this batch (the first offer wins).
+    offered: HashSet<i64>,
+    accepted: i64,
+    /// `sampledAt` and `cpuPercent` of the newest sample this batch stored,
+    /// when newer than every sample stored before.
+    newest: Option<(i64, f64)>,
+    /// When the first accepted sample of this batch arrived.
+    first_received: Option<i64>,
+}
+
+/// A sample that passed every check, waiting for the insert's verdict.
+struct Candidate {
+    request: usize,
+    build_id: i64,
+    sample: Snapshot,
+    received_at: i64,
+}
+
+async fn store_batch(
+    conn: &mut SqliteConnection,
+    requests: Vec<Incoming>,
+    grace_ms: i64,
+) -> Result<Vec<Result<TelemetryAnswer>>> {
+    let mut ids: Vec<i64> = requests.iter().map(|r| r.build_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut builds: HashMap<i64, BuildProgress> = load_builds(conn, &ids)
+        .await?
+        .into_iter()
+        .map(|row| {
+            let progress = BuildProgress {
+                cpu_before: row.cpu_micros(),
+                offered: HashSet::new(),
+                accepted: 0,
+                newest: None,
+                first_received: None,
+                row,
+            };
+            (progress.row.id, progress)
+        })
+        .collect();
+
+    let mut answers = Vec::with_capacity(requests.len());
+    let mut candidates = Vec::new();
+    for (request, incoming) in requests.into_iter().enumerate() {
+        let Some(build) = builds.get_mut(&incoming.build_id) else {
+            answers.push(Err(AppError::unknown_build()));
+            continue;
+        };
+        let checked = build
+            .row
+            .require_worker(&incoming.worker)
+            .and_then(|()| require_accepting(&build.row, incoming.now, grace_ms));
+        if let Err(refusal) = checked {
+            answers.push(Err(refusal));
+            continue;
+        }
+        let samples = match incoming.body {
+            TelemetryBody::Event { kind, at, data } => {
+                sqlx::query(
+                    "INSERT INTO build_events (build_id, type, at, data, received_at) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(incoming.build_id)
+                .bind(kind)
+                .bind(at)
+                .bind(data)
+                .bind(incoming.now)
+                .execute(&mut *conn)
+                .await?;
+                answers.push(Ok(TelemetryAnswer::default()));
+                continue;
+            }
+            TelemetryBody::Samples(samples) => samples,
+        };
+        let bounds = Bounds {
+            cpu_cores: incoming.worker.cpu_cores,
+            memory_mb: incoming.worker.memory_mb,
+            assigned_at: build.row.assigned_at.unwrap_or(build.row.submitted_at),
+            now: incoming.now,
+        };
+        let mut answer = TelemetryAnswer::default();
+        for (index, sample) in samples.into_iter().enumerate() {
+            match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
+                Ok(sample) if !build.offered.insert(sample.seq) => answer.duplicates += 1,
+                Ok(sample)
+                    if build.row.has_tombstones
+                        && is_tombstoned(conn, incoming.build_id, sample.seq).await? =>
+                {
+                    answer.duplicates += 1;
+                }
+                Ok(sample) => candidates.push(Candidate {
+                    request,
+                    build_id: incoming.build_id,
+                    sample,
+                    received_at: incoming.now,
+                }),
+                Err(error) => answer.rejected.push(Rejection { index, error }),
+            }
+        }
+        answers.push(Ok(answer));
+    }
+
+    let inserted = insert_samples(conn, &candidates).await?;
+    for candidate in candidates {
+        let Some(Ok(answer)) = answers.get_mut(candidate.request) else {
+            continue;
+        };
+        let Some(build) = builds.get_mut(&candidate.build_id) else {
+            continue;
+        };
+        if !inserted.contains(&(candidate.build_id, candidate.sample.seq)) {
+            answer.duplicates += 1;
+            continue;
+        }
+        answer.accepted += 1;
+        build.accept(&candidate.sample, candidate.received_at);
+    }
+
+    let changed: Vec<&BuildProgress> = builds.values().filter(|b| b.accepted > 0).collect();
+    update_builds(conn, &changed).await?;
+    for build in changed {
+        if let (true, Some(done)) = (build.row.is_finished(), build.row.completed_at) {
+            let cpu_micros = build.row.cpu_micros() - build.cpu_before;
+            adjust_day(
+                conn,
+                day_of(done),
+                DayDelta {
+                    cpu_micros,
+                    ..DayDelta::default()
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(answers)
+}
+
+impl BuildProgress {
+    /// Folds a newly stored sample into the build's figures, as SPEC defines them.
+    fn accept(&mut self, sample: &Snapshot, received_at: i64) {
+        let row = &mut self.row;
+        self.accepted += 1;
+        row.cpu_percent_micros += percent_sample_micros(sample.cpu_percent, sample.interval_s);
+        if let Some(cpu_time) = sample.cpu_time_s {
+            row.cpu_counter_micros = Some(
+                row.cpu_counter_micros
+                    .unwrap_or(0)
+                    .max(counter_micros(cpu_time)),
+            );
+        }
+        row.peak_memory_mb = Some(
+            row.peak_memory_mb
+                .map_or(sample.memory_mb, |p| p.max(sample.memory_mb)),
+        );
+        // "Newest" is the largest sampledAt; of equal ones, the first stored.
+        let newest_at = self.newest.map(|(at, _)| at).or(row.newest_sampled_at);
+        if newest_at.is_none_or(|at| sample.sampled_at > at) {
+            self.newest = Some((sample.sampled_at, sample.cpu_percent));
+        }
+        self.first_received.get_or_insert(received_at);
+    }
+}
+
+/// Writes the changed builds' figures and the network's CPU total: one
+/// statement list per [`BUILDS_PER_UPDATE`] builds.
+async fn update_builds(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -> Result<()> {
+    let mut cpu_delta = 0;
+    for chunk in builds.chunks(BUILDS_PER_UPDATE) {
+        let mut sql = String::from(
+            "UPDATE builds SET cpu_percent_micros = v.column2, cpu_counter_micros = v.column3,
+               peak_memory_mb = v.column4, snapshot_count = snapshot_count + v.column5,
+               newest_sampled_at = coalesce(v.column6, newest_sampled_at),
+               newest_cpu_percent = coalesce(v.column7, newest_cpu_percent),
+               oldest_raw_received_at = coalesce(oldest_raw_received_at, v.column8)
+             FROM (VALUES ",
+        );
+        push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?,?)");
+        sql.push_str(") AS v WHERE builds.id = v.column1");
+        let mut query = sqlx::query(&sql);
+        for build in chunk {
+            let newest = build.newest;
+            cpu_delta += build.row.cpu_micros() - build.cpu_before;
+            query = query
+                .bind(build.row.id)
+                .bind(build.row.cpu_percent_micros)
+                .bind(build.row.cpu_counter_micros)
+                .bind(build.row.peak_memory_mb)
+                .bind(build.accepted)
+                .bind(newest.map(|n| n.0))
+                .bind(newest.map(|n| n.1))
+                .bind(build.first_received);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    if cpu_delta != 0 {
+        sqlx::query("UPDATE totals SET cpu_micros = cpu_micros + ? WHERE id = 1")
+            .bind(cpu_delta)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn push_rows(sql: &mut String, rows: usize, row: &str) {
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(row);
+    }
+}
+
+/// A measurement as `sample_rows` keeps it (see its migration): the integer
+/// `value * scale` when dividing that by `scale` gives back exactly `value`
+/// (1 to 4 bytes on disk where a REAL takes 8), else `value` itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stored {
+    /// `value * scale`, exactly.
+    Scaled(i64),
+    /// The value as sent.
+    Exact(f64),
+}
+
+/// `cpuPercent` and `cpuTimeS` are kept in hundredths when exact.
+pub const HUNDREDTHS: f64 = 100.0;
+/// `memoryMb` is kept in KiB when exact (the agent measures whole pages).
+pub const KIB_PER_MIB: f64 = 1024.0;
+
+impl Stored {
+    /// How `value` is written with this `scale`.
+    pub fn new(value: f64, scale: f64) -> Stored {
+        let scaled = (value * scale).round();
+        // SQLite decodes with `n / scale` in doubles, the same division.
+        if scaled.abs() < 9.0e15 && scaled / scale == value {
+            Stored::Scaled(scaled as i64)
+        } else {
+            Stored::Exact(value)
+        }
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for Stored {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <f64 as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Stored {
+    fn encode_by_ref(
+        &self,
+        args: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self {
+            Stored::Scaled(n) => <i64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(n, args),
+            Stored::Exact(x) => <f64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(x, args),
+        }
+    }
+}
+
+/// Stores the candidates with one statement per [`ROWS_PER_INSERT`];
+/// returns the (build, seq) keys actually inserted, i.e. not seen before.
+async fn insert_samples(
+    conn: &mut SqliteConnection,
+    candidates: &[Candidate],
+) -> Result<HashSet<(i64, i64)>> {
+    let mut inserted = HashSet::with_capacity(candidates.len());
+    for chunk in candidates.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT OR IGNORE INTO sample_rows (build_id, seq, sampled_at, cpu_percent, memory_mb,
+             cpu_time_s, interval_s, received_after_ms) VALUES ",
+        );
+        push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?,?)");
+        sql.push_str(" RETURNING build_id, seq");
+        let mut query = sqlx::query_as::<_, (i64, i64)>(&sql);
+        for Candidate {
+            build_id,
+            sample,
+            received_at,
+            ..
+        } in chunk
+        {
+            query = query
+                .bind(build_id)
+                .bind(sample.seq)
+                .bind(sample.sampled_at)
+                .bind(Stored::new(sample.cpu_percent, HUNDREDTHS))
+                .bind(Stored::new(sample.memory_mb, KIB_PER_MIB))
+                .bind(sample.cpu_time_s.map(|t| Stored::new(t, HUNDREDTHS)))
+                .bind((sample.interval_s != DEFAULT_INTERVAL_S).then_some(sample.interval_s))
+                .bind(received_at - sample.sampled_at);
+        }
+        inserted.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(inserted)
+}
+
+async fn is_tombstoned(conn: &mut SqliteConnection, id: i64, seq: i64) -> Result<bool> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM sample_tombstones WHERE build_id = ? AND seq = ?")
+            .bind(id)
+            .bind(seq)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(found.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Agent-shaped numbers become small integers; anything that would not
+    /// read back exactly stays a REAL.
+    #[test]
+    fn stored_measurements_read_back_exactly() {
+        assert_eq!(Stored::new(153.2, HUNDREDTHS), Stored::Scaled(15320));
+        assert_eq!(Stored::new(312.75, HUNDREDTHS), Stored::Scaled(31275));
+        assert_eq!(Stored::new(2048.5, KIB_PER_MIB), Stored::Scaled(2_097_664));
+        assert_eq!(
+            Stored::new(257.0 * 4096.0 / 1_048_576.0, KIB_PER_MIB),
+            Stored::Scaled(1028)
+        );
+        assert_eq!(Stored::new(0.123, HUNDREDTHS), Stored::Exact(0.123));
+        assert_eq!(Stored::new(100.3, KIB_PER_MIB), Stored::Exact(100.3));
+        assert_eq!(Stored::new(1e17, HUNDREDTHS), Stored::Exact(1e17));
+        for value in [0.07, 0.29, 1.15, 99.99, 4.35, 1234.56, 0.01] {
+            let Stored::Scaled(n) = Stored::new(value, HUNDREDTHS) else {
+                panic!("{value} is in hundredths");
+            };
+            assert_eq!(n as f64 / HUNDREDTHS, value);
+        }
+    }
+}
