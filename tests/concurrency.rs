@@ -447,3 +447,80 @@ async fn telemetry_racing_complete_keeps_daily_exact() {
         r.today.3 as f64 / 1e6
     );
 }
+
+/// Telemetry arriving at the same instant is stored together, yet every
+/// request gets its own answer: refusals (another worker's build, an
+/// unknown build, a finished build, all samples invalid) change nothing
+/// for the requests stored beside them, and the figures equal the
+/// recomputation from raw rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_stored_beside_accepted_telemetry_change_nothing_else() {
+    let app = Arc::new(
+        TestApp::builder()
+            .telemetry_rate(1_000_000)
+            .telemetry_grace(std::time::Duration::ZERO)
+            .start()
+            .await,
+    );
+    let alice = app.register_worker(&["linux"], 8, 16_384).await;
+    let bob = app.register_worker(&["linux"], 8, 16_384).await;
+    let mine = app.running_build(&alice, "linux").await;
+    let finished = app.running_build(&bob, "linux").await;
+    assert_eq!(app.complete(&bob, finished.id, true).await, StatusCode::OK);
+    let before = app.stats().await;
+
+    const ROUNDS: i64 = 6;
+    for round in 0..ROUNDS {
+        let good: Vec<Snapshot> = (1..=5)
+            .map(|i| {
+                let seq = round * 5 + i;
+                sample(seq, mine.assigned_at + seq * 10, 50.0 + i as f64, 100.0)
+            })
+            .collect();
+        let invalid = vec![sample(999, mine.assigned_at + 10, -5.0, 100.0)];
+        let barrier = Arc::new(Barrier::new(6));
+        let spawn = |worker: Worker, build: i64, samples: Vec<Snapshot>| {
+            let (app, barrier) = (app.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                app.send_raw(&worker, build, &samples).await
+            })
+        };
+        let accepted = spawn(alice.clone(), mine.id, good.clone());
+        let replay = spawn(alice.clone(), mine.id, good.clone());
+        let foreign = spawn(bob.clone(), mine.id, good.clone());
+        let unknown = spawn(alice.clone(), mine.id + 1000, good.clone());
+        let rejected = spawn(alice.clone(), mine.id, invalid);
+        let late = spawn(bob.clone(), finished.id, good.clone());
+
+        let (s1, a1) = accepted.await.unwrap();
+        let (s2, a2) = replay.await.unwrap();
+        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+        let a1: freeagent::wire::TelemetryAnswer = serde_json::from_value(a1).unwrap();
+        let a2: freeagent::wire::TelemetryAnswer = serde_json::from_value(a2).unwrap();
+        assert_eq!(a1.accepted + a2.accepted, 5, "round {round}: {a1:?} {a2:?}");
+        assert_eq!(a1.duplicates + a2.duplicates, 5, "round {round}");
+        assert_eq!(foreign.await.unwrap().0, StatusCode::FORBIDDEN);
+        assert_eq!(unknown.await.unwrap().0, StatusCode::NOT_FOUND);
+        let (status, body) = rejected.await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["rejected"][0]["index"], 0);
+        assert_eq!(late.await.unwrap().0, StatusCode::CONFLICT);
+    }
+
+    let view = app.build(mine.id).await;
+    assert_eq!(view.snapshot_count, ROUNDS * 5);
+    let pool = app.db().await;
+    let rows: BTreeMap<(i64, i64), RawSample> = raw_samples(&pool)
+        .await
+        .into_iter()
+        .map(|r| ((r.build_id, r.seq), r))
+        .collect();
+    assert_eq!(rows.len() as i64, ROUNDS * 5);
+    let stats = app.stats().await;
+    let r = recompute(&raw_builds(&pool).await, &rows, stats.generated_at);
+    assert_stats_match(&stats, &r, "after mixed batches");
+    assert_build_matches(&view, &r.builds[&mine.id], "after mixed batches");
+    assert_eq!(app.build(finished.id).await.snapshot_count, 0);
+    assert!(stats.total_cpu_seconds > before.total_cpu_seconds);
+}

@@ -517,6 +517,16 @@ impl TestApp {
         (status, answer)
     }
 
+    /// Posts samples; status and the raw JSON answer (whatever the status).
+    pub async fn send_raw(
+        &self,
+        worker: &Worker,
+        build: i64,
+        samples: &[Snapshot],
+    ) -> (StatusCode, Value) {
+        self.telemetry(worker, build, &batch(samples)).await
+    }
+
     /// Posts samples that must all be accepted.
     pub async fn send_ok(&self, worker: &Worker, build: i64, samples: &[Snapshot]) {
         let (status, answer) = self.send(worker, build, samples).await;
