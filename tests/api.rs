@@ -2303,11 +2303,7 @@ async fn lost_worker_build_is_requeued_then_failed() {
         (7.5, Some(700.0), 1)
     );
     let pool = app.db().await;
-    let rows = raw_samples(&pool)
-        .await
-        .into_iter()
-        .map(|r| ((r.build_id, r.seq), r))
-        .collect();
+    let rows = samples_by_key(&pool).await;
     let stats = app.stats().await;
     let recomputed = recompute(&raw_builds(&pool).await, &rows, stats.generated_at);
     assert_stats_match(&stats, &recomputed, "after the reaper failed the build");

@@ -129,11 +129,7 @@ async fn concurrent_telemetry_writers_lose_nothing() {
     assert_eq!(acked, BUILDS * SAMPLES as usize);
 
     let pool = app.db().await;
-    let rows: BTreeMap<(i64, i64), RawSample> = raw_samples(&pool)
-        .await
-        .into_iter()
-        .map(|r| ((r.build_id, r.seq), r))
-        .collect();
+    let rows = samples_by_key(&pool).await;
     assert_eq!(rows.len(), acked, "every acknowledged sample is stored");
     let builds = raw_builds(&pool).await;
     let stats = app.stats().await;
@@ -421,11 +417,7 @@ async fn telemetry_racing_complete_keeps_daily_exact() {
         task.await.unwrap();
     }
     let pool = app.db().await;
-    let rows: BTreeMap<(i64, i64), RawSample> = raw_samples(&pool)
-        .await
-        .into_iter()
-        .map(|r| ((r.build_id, r.seq), r))
-        .collect();
+    let rows = samples_by_key(&pool).await;
     assert_eq!(rows.len(), BUILDS * 40);
     let stats = app.stats().await;
     let r = recompute(&raw_builds(&pool).await, &rows, stats.generated_at);
@@ -511,11 +503,7 @@ async fn refusals_stored_beside_accepted_telemetry_change_nothing_else() {
     let view = app.build(mine.id).await;
     assert_eq!(view.snapshot_count, ROUNDS * 5);
     let pool = app.db().await;
-    let rows: BTreeMap<(i64, i64), RawSample> = raw_samples(&pool)
-        .await
-        .into_iter()
-        .map(|r| ((r.build_id, r.seq), r))
-        .collect();
+    let rows = samples_by_key(&pool).await;
     assert_eq!(rows.len() as i64, ROUNDS * 5);
     let stats = app.stats().await;
     let r = recompute(&raw_builds(&pool).await, &rows, stats.generated_at);

@@ -757,6 +757,15 @@ pub struct Recomputed {
     pub today: (u64, u64, i64, i64),
 }
 
+/// Every stored sample, keyed by (build, seq) as [`recompute`] takes them.
+pub async fn samples_by_key(pool: &SqlitePool) -> BTreeMap<(i64, i64), RawSample> {
+    raw_samples(pool)
+        .await
+        .into_iter()
+        .map(|r| ((r.build_id, r.seq), r))
+        .collect()
+}
+
 /// Recomputes the figures at time `now` from build rows and every sample
 /// ever stored (keyed by (build, seq)).
 pub fn recompute(
