@@ -78,9 +78,12 @@ fn keep_memory_small() {
     if declined != 0 {
         eprintln!("note: could not decline transparent huge pages; memory use may be higher");
     }
-    // SAFETY: sets one of mimalloc's integer options; mimalloc reads it on
-    // every purge decision, so setting it at any time is sound.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // An operator's own MIMALLOC_PURGE_DELAY (read by mimalloc) wins.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's integer options; mimalloc reads it
+        // on every purge decision, so setting it at any time is sound.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
