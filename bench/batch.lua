@@ -7,28 +7,12 @@
 --   FA_BUILDS=... FA_SEQ_BASE=100000000 wrk -t2 -c8 -d15s --latency \
 --     -s bench/batch.lua http://127.0.0.1:PORT
 
-local threads = {}
+dofile("bench/wrk_builds.lua")
 local BATCH = 1000
 
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
-
 function init(args)
-  builds = {}
-  for id, token in string.gmatch(os.getenv("FA_BUILDS") or "", "(%d+):(%x+)") do
-    builds[#builds + 1] = {
-      path = "/api/builds/" .. id .. "/telemetry",
-      headers = {
-        ["Authorization"] = "Bearer " .. token,
-        ["Content-Type"] = "application/json",
-      },
-    }
-  end
-  assert(#builds > 0, "FA_BUILDS names no build")
   -- 100 million seqs (100,000 batches) per thread per run.
-  base = tonumber(os.getenv("FA_SEQ_BASE") or "100000000") + tid * 100000000
+  base = load_builds("100000000", 100000000)
   n = 0
 end
 

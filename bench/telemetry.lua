@@ -9,27 +9,10 @@
 --   FA_BUILDS=... FA_SEQ_BASE=0 wrk -t2 -c64 -d15s --latency \
 --     -s bench/telemetry.lua http://127.0.0.1:PORT
 
-local threads = {}
-
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
-
+dofile("bench/wrk_builds.lua")
 function init(args)
-  builds = {}
-  for id, token in string.gmatch(os.getenv("FA_BUILDS") or "", "(%d+):(%x+)") do
-    builds[#builds + 1] = {
-      path = "/api/builds/" .. id .. "/telemetry",
-      headers = {
-        ["Authorization"] = "Bearer " .. token,
-        ["Content-Type"] = "application/json",
-      },
-    }
-  end
-  assert(#builds > 0, "FA_BUILDS names no build")
   -- 10 million seqs per thread per run.
-  base = tonumber(os.getenv("FA_SEQ_BASE") or "0") + tid * 10000000
+  base = load_builds("0", 10000000)
   n = 0
 end
 

@@ -1575,6 +1575,16 @@ fn without(mut sample: Value, key: &str) -> Value {
     sample
 }
 
+/// How an invalid sample is made from a good one.
+enum Bad {
+    /// A good sample (seq 2, sampled now) with this field set to this value.
+    Set(&'static str, Value),
+    /// A good sample without this field.
+    Remove(&'static str),
+    /// Anything else, from (seq, assignedAt, now).
+    Make(fn(i64, i64, i64) -> Value),
+}
+
 /// Every invalid-sample class SPEC lists is rejected alone (422 with the
 /// answer body when it is the only sample; 200 with its index next to a
 /// good sample), and changes no figure: the stats and the build's
@@ -1584,123 +1594,83 @@ fn without(mut sample: Value, key: &str) -> Value {
 async fn each_invalid_sample_class_is_rejected_alone() {
     let app = TestApp::builder().telemetry_rate(10_000).start().await;
     let worker = linux_worker(&app).await;
-    type Make = fn(i64, i64, i64) -> Value; // (seq, assignedAt, now)
-    let classes: Vec<(&str, Make)> = vec![
-        ("cpuPercent as string", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", json!("50"))
-        }),
-        ("cpuPercent \"NaN\"", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", json!("NaN"))
-        }),
-        ("cpuPercent \"Infinity\"", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", json!("Infinity"))
-        }),
-        ("cpuPercent 1e308", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", json!(1e308))
-        }),
-        ("cpuPercent negative", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", json!(-0.5))
-        }),
-        ("cpuPercent above cores*100", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", json!(400.5))
-        }),
-        ("cpuPercent null", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", Value::Null)
-        }),
-        ("cpuPercent missing", |s, _, n| {
-            without(good_json(s, n), "cpuPercent")
-        }),
-        ("cpuPercent array", |s, _, n| {
-            with(good_json(s, n), "cpuPercent", json!([77]))
-        }),
-        ("memoryMb as string", |s, _, n| {
-            with(good_json(s, n), "memoryMb", json!("1024"))
-        }),
-        ("memoryMb \"-Infinity\"", |s, _, n| {
-            with(good_json(s, n), "memoryMb", json!("-Infinity"))
-        }),
-        ("memoryMb 1e308", |s, _, n| {
-            with(good_json(s, n), "memoryMb", json!(1e308))
-        }),
-        ("memoryMb negative", |s, _, n| {
-            with(good_json(s, n), "memoryMb", json!(-1.0))
-        }),
-        ("memoryMb above declared", |s, _, n| {
-            with(good_json(s, n), "memoryMb", json!(8192.5))
-        }),
-        ("memoryMb null", |s, _, n| {
-            with(good_json(s, n), "memoryMb", Value::Null)
-        }),
-        ("memoryMb missing", |s, _, n| {
-            without(good_json(s, n), "memoryMb")
-        }),
-        ("cpuTimeS as string", |s, _, n| {
-            with(good_json(s, n), "cpuTimeS", json!("12"))
-        }),
-        ("cpuTimeS \"NaN\"", |s, _, n| {
-            with(good_json(s, n), "cpuTimeS", json!("NaN"))
-        }),
-        ("cpuTimeS 1e308", |s, _, n| {
-            with(good_json(s, n), "cpuTimeS", json!(1e308))
-        }),
-        ("cpuTimeS negative", |s, _, n| {
-            with(good_json(s, n), "cpuTimeS", json!(-0.5))
-        }),
+    use Bad::{Make, Remove, Set};
+    let classes: Vec<(&str, Bad)> = vec![
+        ("cpuPercent as string", Set("cpuPercent", json!("50"))),
+        ("cpuPercent \"NaN\"", Set("cpuPercent", json!("NaN"))),
+        (
+            "cpuPercent \"Infinity\"",
+            Set("cpuPercent", json!("Infinity")),
+        ),
+        ("cpuPercent 1e308", Set("cpuPercent", json!(1e308))),
+        ("cpuPercent negative", Set("cpuPercent", json!(-0.5))),
+        (
+            "cpuPercent above cores*100",
+            Set("cpuPercent", json!(400.5)),
+        ),
+        ("cpuPercent null", Set("cpuPercent", Value::Null)),
+        ("cpuPercent missing", Remove("cpuPercent")),
+        ("cpuPercent array", Set("cpuPercent", json!([77]))),
+        ("memoryMb as string", Set("memoryMb", json!("1024"))),
+        (
+            "memoryMb \"-Infinity\"",
+            Set("memoryMb", json!("-Infinity")),
+        ),
+        ("memoryMb 1e308", Set("memoryMb", json!(1e308))),
+        ("memoryMb negative", Set("memoryMb", json!(-1.0))),
+        ("memoryMb above declared", Set("memoryMb", json!(8192.5))),
+        ("memoryMb null", Set("memoryMb", Value::Null)),
+        ("memoryMb missing", Remove("memoryMb")),
+        ("cpuTimeS as string", Set("cpuTimeS", json!("12"))),
+        ("cpuTimeS \"NaN\"", Set("cpuTimeS", json!("NaN"))),
+        ("cpuTimeS 1e308", Set("cpuTimeS", json!(1e308))),
+        ("cpuTimeS negative", Set("cpuTimeS", json!(-0.5))),
         // 10 s after assignment on 4 cores: at most 1.1*4*10+1 = 45 s.
-        ("cpuTimeS impossible", |s, a, _| {
-            with(good_json(s, a + 10_000), "cpuTimeS", json!(45.5))
-        }),
-        ("intervalS 0", |s, _, n| {
-            with(good_json(s, n), "intervalS", json!(0))
-        }),
-        ("intervalS 301", |s, _, n| {
-            with(good_json(s, n), "intervalS", json!(301))
-        }),
-        ("intervalS negative", |s, _, n| {
-            with(good_json(s, n), "intervalS", json!(-5))
-        }),
-        ("intervalS as string", |s, _, n| {
-            with(good_json(s, n), "intervalS", json!("5"))
-        }),
-        ("intervalS null", |s, _, n| {
-            with(good_json(s, n), "intervalS", Value::Null)
-        }),
-        ("sampledAt > 60 s before assignment", |s, a, _| {
-            good_json(s, a - 60_001)
-        }),
-        ("sampledAt > 60 s ahead", |s, _, n| {
-            good_json(s, n + 120_000)
-        }),
-        ("sampledAt as string", |s, _, n| {
-            with(good_json(s, n), "sampledAt", json!(n.to_string()))
-        }),
-        ("sampledAt null", |s, _, n| {
-            with(good_json(s, n), "sampledAt", Value::Null)
-        }),
-        ("sampledAt missing", |s, _, n| {
-            without(good_json(s, n), "sampledAt")
-        }),
-        ("sampledAt fractional", |s, _, n| {
-            with(good_json(s, n), "sampledAt", json!(n as f64 + 0.5))
-        }),
-        ("seq missing", |s, _, n| without(good_json(s, n), "seq")),
-        ("seq null", |_, _, n| {
-            with(good_json(0, n), "seq", Value::Null)
-        }),
-        ("seq as string", |s, _, n| {
-            with(good_json(s, n), "seq", json!(s.to_string()))
-        }),
-        ("seq 0 (seq counts from 1)", |_, _, n| good_json(0, n)),
-        ("seq negative", |_, _, n| good_json(-3, n)),
-        ("sample not an object", |_, _, _| json!(42)),
-        ("sample null", |_, _, _| Value::Null),
+        (
+            "cpuTimeS impossible",
+            Make(|s, a, _| with(good_json(s, a + 10_000), "cpuTimeS", json!(45.5))),
+        ),
+        ("intervalS 0", Set("intervalS", json!(0))),
+        ("intervalS 301", Set("intervalS", json!(301))),
+        ("intervalS negative", Set("intervalS", json!(-5))),
+        ("intervalS as string", Set("intervalS", json!("5"))),
+        ("intervalS null", Set("intervalS", Value::Null)),
+        (
+            "sampledAt > 60 s before assignment",
+            Make(|s, a, _| good_json(s, a - 60_001)),
+        ),
+        (
+            "sampledAt > 60 s ahead",
+            Make(|s, _, n| good_json(s, n + 120_000)),
+        ),
+        (
+            "sampledAt as string",
+            Make(|s, _, n| with(good_json(s, n), "sampledAt", json!(n.to_string()))),
+        ),
+        ("sampledAt null", Set("sampledAt", Value::Null)),
+        ("sampledAt missing", Remove("sampledAt")),
+        (
+            "sampledAt fractional",
+            Make(|s, _, n| with(good_json(s, n), "sampledAt", json!(n as f64 + 0.5))),
+        ),
+        ("seq missing", Remove("seq")),
+        ("seq null", Set("seq", Value::Null)),
+        ("seq as string", Set("seq", json!("2"))),
+        ("seq 0 (seq counts from 1)", Make(|_, _, n| good_json(0, n))),
+        ("seq negative", Make(|_, _, n| good_json(-3, n))),
+        ("sample not an object", Make(|_, _, _| json!(42))),
+        ("sample null", Make(|_, _, _| Value::Null)),
     ];
     let mut deviations = Vec::new();
-    for (name, make) in classes {
+    for (name, edit) in classes {
         let claimed = app.assigned_build(&worker, LINUX).await;
         let path = format!("/api/builds/{}/telemetry", claimed.id);
         let now = now_ms();
-        let bad = make(2, claimed.assigned_at, now);
+        let bad = match edit {
+            Set(field, value) => with(good_json(2, now), field, value),
+            Remove(field) => without(good_json(2, now), field),
+            Make(make) => make(2, claimed.assigned_at, now),
+        };
         let before_stats = figures(&app.stats().await);
         let before_view = app.build(claimed.id).await;
 
