@@ -235,18 +235,7 @@ async fn purge_during_ingestion_loses_nothing() {
         "every sample was stored once, then some purged"
     );
 
-    let raw: Vec<RawSample> = all
-        .iter()
-        .map(|s| RawSample {
-            build_id: claimed.id,
-            seq: s.seq,
-            sampled_at: s.sampled_at,
-            cpu_percent: s.cpu_percent,
-            memory_mb: s.memory_mb,
-            cpu_time_s: s.cpu_time_s,
-            interval_s: s.interval_s,
-        })
-        .collect();
+    let raw = raw_rows(claimed.id, all.iter());
     let expected = build_figures_from(&raw);
     let view = app.build(claimed.id).await;
     assert_build_matches(&view, &expected, "after purges during ingestion");

@@ -320,18 +320,7 @@ async fn acknowledged_samples_survive_sigkill() {
             StatusCode::OK,
         )
         .await;
-        let raw: Vec<RawSample> = stored
-            .values()
-            .map(|s| RawSample {
-                build_id: build.id,
-                seq: s.seq,
-                sampled_at: s.sampled_at,
-                cpu_percent: s.cpu_percent,
-                memory_mb: s.memory_mb,
-                cpu_time_s: s.cpu_time_s,
-                interval_s: s.interval_s,
-            })
-            .collect();
+        let raw = raw_rows(build.id, stored.values());
         let figures = build_figures_from(&raw);
         assert_build_matches(&view, &figures, &format!("after SIGKILL round {round}"));
         let stats: freeagent::stats::NetworkStats = expect_json(

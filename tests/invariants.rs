@@ -939,18 +939,7 @@ fn arrival_order_and_batching_do_not_change_figures() {
                     let a = app.build(in_order.id).await;
                     let b = app.build(shuffled.id).await;
                     assert_eq!(build_figures(&a), build_figures(&b));
-                    let raw: Vec<RawSample> = ordered
-                        .iter()
-                        .map(|s| RawSample {
-                            build_id: in_order.id,
-                            seq: s.seq,
-                            sampled_at: s.sampled_at,
-                            cpu_percent: s.cpu_percent,
-                            memory_mb: s.memory_mb,
-                            cpu_time_s: s.cpu_time_s,
-                            interval_s: s.interval_s,
-                        })
-                        .collect();
+                    let raw = raw_rows(in_order.id, ordered.iter());
                     assert_build_matches(&a, &build_figures_from(&raw), "in order");
                     for id in [in_order.id, shuffled.id] {
                         assert_eq!(app.complete(&worker, id, true).await, StatusCode::OK);

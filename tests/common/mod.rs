@@ -659,6 +659,25 @@ pub struct RawSample {
     pub interval_s: i64,
 }
 
+/// The rows `samples` of build `build_id` as they were sent.
+pub fn raw_rows<'a>(
+    build_id: i64,
+    samples: impl IntoIterator<Item = &'a Snapshot>,
+) -> Vec<RawSample> {
+    samples
+        .into_iter()
+        .map(|s| RawSample {
+            build_id,
+            seq: s.seq,
+            sampled_at: s.sampled_at,
+            cpu_percent: s.cpu_percent,
+            memory_mb: s.memory_mb,
+            cpu_time_s: s.cpu_time_s,
+            interval_s: s.interval_s,
+        })
+        .collect()
+}
+
 /// Every build row.
 pub async fn raw_builds(pool: &SqlitePool) -> Vec<RawBuild> {
     let rows: Vec<(i64, String, Option<i64>, Option<i64>)> =
