@@ -146,9 +146,9 @@ pub enum AgentAction {
     Register(RegisterArgs),
 }
 
-/// Flags of `freeagent agent register`.
+/// The controller and its admin key, for `agent register` and `simulate`.
 #[derive(Args, Clone, Debug)]
-pub struct RegisterArgs {
+pub struct AdminConnection {
     /// Controller URL, like https://builds.example.org.
     #[arg(long, env = "FREEAGENT_CONTROLLER", value_name = "URL")]
     pub controller: String,
@@ -161,6 +161,25 @@ pub struct RegisterArgs {
         value_name = "KEY"
     )]
     pub admin_key: String,
+}
+
+impl AdminConnection {
+    /// An HTTP client that sends the admin key, counting calls in `tally`.
+    pub fn client(&self, tally: Tally) -> Result<Client, AgentError> {
+        Client::new(&self.controller, &self.admin_key, tally).map_err(|source| {
+            AgentError::Controller {
+                what: "setting up the HTTP client",
+                source,
+            }
+        })
+    }
+}
+
+/// Flags of `freeagent agent register`.
+#[derive(Args, Clone, Debug)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub admin: AdminConnection,
 
     /// Name this worker shows under (1 to 64 characters).
     #[arg(long, value_name = "N")]
@@ -309,13 +328,7 @@ async fn register(args: RegisterArgs) -> Result<ExitCode, AgentError> {
         what: "reading this machine's memory from /proc/meminfo",
         source: std::io::Error::other("MemTotal not found"),
     })?;
-    let client =
-        Client::new(&args.controller, &args.admin_key, Tally::default()).map_err(|source| {
-            AgentError::Controller {
-                what: "setting up the HTTP client",
-                source,
-            }
-        })?;
+    let client = args.admin.client(Tally::default())?;
     let body = RegisterWorker {
         name: args.name,
         platforms: args.platform,

@@ -14,24 +14,15 @@ use tokio::time::Instant;
 use super::client::{Client, Tally};
 use super::delivery::{Delivery, DeliveryConfig, DeliveryStats};
 use super::runner::{hundredths, now_ms, Shutdown};
-use super::{parse_duration, parse_interval, AgentError};
+use super::{parse_duration, parse_interval, AdminConnection, AgentError};
 use crate::wire::{ClaimedBuild, CompleteBuild, RegisterWorker, Snapshot, SubmitBuild};
 
 /// Flags of `freeagent simulate`.
 #[derive(Args, Clone, Debug)]
 pub struct SimulateArgs {
-    /// Controller URL, like http://127.0.0.1:3000.
-    #[arg(long, env = "FREEAGENT_CONTROLLER", value_name = "URL")]
-    pub controller: String,
-
-    /// The controller's admin key (registers the workers, submits builds).
-    #[arg(
-        long,
-        env = "FREEAGENT_ADMIN_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub admin_key: String,
+    /// The controller; the admin key registers the workers and submits builds.
+    #[command(flatten)]
+    pub admin: AdminConnection,
 
     /// Simulated workers to register and run.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -92,13 +83,7 @@ pub async fn run(args: SimulateArgs) -> Result<ExitCode, AgentError> {
         ));
     }
     let tally = Tally::default();
-    let admin =
-        Client::new(&args.controller, &args.admin_key, tally.clone()).map_err(|source| {
-            AgentError::Controller {
-                what: "setting up the HTTP client",
-                source,
-            }
-        })?;
+    let admin = args.admin.client(tally.clone())?;
     let shutdown = Shutdown::install(args.duration)?;
     let began = Instant::now();
 
