@@ -117,6 +117,7 @@ pub struct BuildView {
 
 /// One telemetry sample as the agent sends it and the snapshots route shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     /// Sample number within the build, from 1; the idempotency key.

@@ -243,12 +243,11 @@ async fn store_batch(
     update_builds(conn, &changed).await?;
     for build in changed {
         if let (true, Some(done)) = (build.row.is_finished(), build.row.completed_at) {
-            let cpu_micros = build.row.cpu_micros() - build.cpu_before;
             adjust_day(
                 conn,
                 day_of(done),
                 DayDelta {
-                    cpu_micros,
+                    cpu_micros: build.cpu_delta(),
                     ..DayDelta::default()
                 },
             )
@@ -259,6 +258,11 @@ async fn store_batch(
 }
 
 impl BuildProgress {
+    /// How much this batch changed the build's CPU time, µs.
+    fn cpu_delta(&self) -> i64 {
+        self.row.cpu_micros() - self.cpu_before
+    }
+
     /// Folds a newly stored sample into the build's figures, as SPEC defines them.
     fn accept(&mut self, sample: &Snapshot, received_at: i64) {
         let row = &mut self.row;
@@ -302,7 +306,7 @@ async fn update_builds(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -
         let mut query = sqlx::query(&sql);
         for build in chunk {
             let newest = build.newest;
-            cpu_delta += build.row.cpu_micros() - build.cpu_before;
+            cpu_delta += build.cpu_delta();
             query = query
                 .bind(build.row.id)
                 .bind(build.row.cpu_percent_micros)
@@ -337,7 +341,7 @@ fn push_rows(sql: &mut String, rows: usize, row: &str) {
 /// `value * scale` when dividing that by `scale` gives back exactly `value`
 /// (1 to 4 bytes on disk where a REAL takes 8), else `value` itself.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Stored {
+enum Stored {
     /// `value * scale`, exactly.
     Scaled(i64),
     /// The value as sent.
@@ -345,13 +349,13 @@ pub enum Stored {
 }
 
 /// `cpuPercent` and `cpuTimeS` are kept in hundredths when exact.
-pub const HUNDREDTHS: f64 = 100.0;
+const HUNDREDTHS: f64 = 100.0;
 /// `memoryMb` is kept in KiB when exact (the agent measures whole pages).
-pub const KIB_PER_MIB: f64 = 1024.0;
+const KIB_PER_MIB: f64 = 1024.0;
 
 impl Stored {
     /// How `value` is written with this `scale`.
-    pub fn new(value: f64, scale: f64) -> Stored {
+    fn new(value: f64, scale: f64) -> Stored {
         let scaled = (value * scale).round();
         // SQLite decodes with `n / scale` in doubles, the same division.
         if scaled.abs() < 9.0e15 && scaled / scale == value {
