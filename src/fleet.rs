@@ -20,7 +20,7 @@ use crate::body::JsonBody;
 use crate::db::now_ms;
 use crate::error::{AppError, Result};
 use crate::state::{lock, AppState, WorkerIdentity};
-use crate::stats::accounting::{build_cpu_micros, micros_to_seconds};
+use crate::stats::accounting::{micros_to_seconds, AttemptCpu};
 use crate::stats::ssr::{adjust_day, adjust_totals, day_of, DayDelta, TotalsDelta};
 use crate::wire::{
     BuildSubmitted, BuildView, ClaimedBuild, CompleteBuild, Heartbeat, PollAnswer, RegisterWorker,
@@ -31,6 +31,8 @@ use crate::wire::{
 pub const MAX_ATTEMPTS: i64 = 3;
 /// Error of a build failed by the lease reaper.
 pub const LOST_CONTACT: &str = "worker lost contact";
+/// Error of a build failed because its worker gave back its last attempt.
+pub const RELEASED_BY_WORKER: &str = "released by its worker";
 
 /// Routes of this domain.
 pub fn router() -> Router<AppState> {
@@ -43,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/builds/{id}/start", post(start))
         .route("/api/builds/{id}/complete", post(complete))
         .route("/api/builds/{id}/cancel", post(cancel))
+        .route("/api/builds/{id}/release", post(release))
 }
 
 /// A build id from the path; anything that is not one names no build.
@@ -66,6 +69,15 @@ pub mod status {
     pub const CANCELLED: &str = "cancelled";
 }
 
+/// How an attempt ended, as stored. An attempt that ended with its build
+/// takes the build's final status (`completed`, `failed`, `cancelled`).
+pub mod outcome {
+    /// The lease reaper gave the build to the next attempt.
+    pub const REQUEUED: &str = "requeued";
+    /// Its worker gave the build back (it was shutting down).
+    pub const RELEASED: &str = "released";
+}
+
 /// A build row with the columns lifecycle and telemetry need.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct BuildRow {
@@ -81,8 +93,8 @@ pub struct BuildRow {
     pub completed_at: Option<i64>,
     pub error: Option<String>,
     pub token_hash: Vec<u8>,
-    pub cpu_percent_micros: i64,
-    pub cpu_counter_micros: Option<i64>,
+    /// Sum over the build's attempts of their CPU time, µs.
+    pub cpu_micros: i64,
     pub peak_memory_mb: Option<f64>,
     pub snapshot_count: i64,
     pub newest_sampled_at: Option<i64>,
@@ -90,11 +102,6 @@ pub struct BuildRow {
 }
 
 impl BuildRow {
-    /// CPU time of the build by SPEC's definition, microseconds.
-    pub fn cpu_micros(&self) -> i64 {
-        build_cpu_micros(self.cpu_percent_micros, self.cpu_counter_micros)
-    }
-
     /// True once the build reached `completed` or `failed`.
     pub fn is_finished(&self) -> bool {
         self.status == status::COMPLETED || self.status == status::FAILED
@@ -112,7 +119,7 @@ impl BuildRow {
             started_at: self.started_at,
             completed_at: self.completed_at,
             error: self.error.clone(),
-            cpu_seconds: micros_to_seconds(self.cpu_micros()),
+            cpu_seconds: micros_to_seconds(self.cpu_micros),
             peak_memory_mb: self.peak_memory_mb,
             snapshot_count: self.snapshot_count,
         }
@@ -131,8 +138,8 @@ impl BuildRow {
 }
 
 const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt, submitted_at,
-    assigned_at, started_at, completed_at, error, token_hash, cpu_percent_micros,
-    cpu_counter_micros, peak_memory_mb, snapshot_count, newest_sampled_at, has_tombstones";
+    assigned_at, started_at, completed_at, error, token_hash, cpu_micros,
+    peak_memory_mb, snapshot_count, newest_sampled_at, has_tombstones";
 
 /// Loads a build inside the writer's transaction; 404 when there is none.
 pub async fn load_build(conn: &mut SqliteConnection, id: i64) -> Result<BuildRow> {
@@ -152,6 +159,115 @@ pub async fn load_builds(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Vec
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?)
+}
+
+/// One attempt of a build: who held it, when, how it ended, and its CPU
+/// accounting.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub build_id: i64,
+    pub attempt: i64,
+    /// None only for attempts that ended before attempts were recorded.
+    pub worker_id: Option<i64>,
+    pub assigned_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    /// See [`outcome`]; None while the attempt runs.
+    pub outcome: Option<String>,
+    pub cpu_percent_micros: i64,
+    pub cpu_counter_micros: Option<i64>,
+}
+
+impl AttemptRow {
+    /// The attempt's CPU accounting.
+    pub fn cpu(&self) -> AttemptCpu {
+        AttemptCpu {
+            percent_micros: self.cpu_percent_micros,
+            counter_micros: self.cpu_counter_micros,
+        }
+    }
+
+    /// Stores `cpu` as the attempt's accounting (in memory).
+    pub fn set_cpu(&mut self, cpu: AttemptCpu) {
+        self.cpu_percent_micros = cpu.percent_micros;
+        self.cpu_counter_micros = cpu.counter_micros;
+    }
+}
+
+/// Loads every attempt of the builds among `ids`, inside the writer's transaction.
+pub async fn load_attempts(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<AttemptRow>> {
+    let ids = serde_json::to_string(ids).map_err(|_| AppError::Unavailable)?;
+    Ok(sqlx::query_as::<_, AttemptRow>(
+        "SELECT build_id, attempt, worker_id, assigned_at, ended_at, outcome,
+                cpu_percent_micros, cpu_counter_micros
+         FROM attempts WHERE build_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The attempt of `build` whose telemetry `worker` sends: the last one it
+/// was handed. 403 when it never held the build; 409 when that attempt no
+/// longer takes telemetry. The build's current attempt takes it while
+/// assigned or building and for `grace_ms` after the build finished; an
+/// attempt that ended by requeue or release, for `grace_ms` after it ended.
+pub fn telemetry_attempt<'a>(
+    build: &BuildRow,
+    attempts: impl IntoIterator<Item = &'a AttemptRow>,
+    worker_id: i64,
+    now: i64,
+    grace_ms: i64,
+) -> Result<&'a AttemptRow> {
+    let held = attempts
+        .into_iter()
+        .filter(|a| a.build_id == build.id && a.worker_id == Some(worker_id))
+        .max_by_key(|a| a.attempt)
+        .ok_or_else(|| AppError::Forbidden("this build is not assigned to this worker".into()))?;
+    let is_current = held.attempt == build.attempt && build.worker_id == Some(worker_id);
+    let open = if is_current {
+        match build.status.as_str() {
+            status::ASSIGNED | status::BUILDING => true,
+            _ => build
+                .completed_at
+                .is_some_and(|done| now - done <= grace_ms),
+        }
+    } else {
+        held.ended_at.is_some_and(|ended| now - ended <= grace_ms)
+    };
+    if open {
+        Ok(held)
+    } else if is_current {
+        Err(AppError::Conflict(format!(
+            "this {} build no longer accepts telemetry",
+            build.status
+        )))
+    } else {
+        Err(AppError::Conflict(format!(
+            "attempt {} of this build ended more than the grace period ago",
+            held.attempt
+        )))
+    }
+}
+
+/// Records that attempt `attempt` of build `build_id` ended now, and how.
+async fn end_attempt(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    attempt: i64,
+    how: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE attempts SET ended_at = ?, outcome = ?
+         WHERE build_id = ? AND attempt = ? AND ended_at IS NULL",
+    )
+    .bind(now)
+    .bind(how)
+    .bind(build_id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Loads a build for a reader and checks the reader may see it.
@@ -308,6 +424,17 @@ async fn claim(
     .bind(worker_id)
     .bind(now)
     .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO attempts (build_id, attempt, worker_id, assigned_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (build_id, attempt) DO UPDATE
+         SET worker_id = excluded.worker_id, assigned_at = excluded.assigned_at",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(worker_id)
+    .bind(now)
     .execute(&mut *conn)
     .await?;
     adjust_totals(
@@ -514,6 +641,7 @@ async fn finish(
         .bind(build.id)
         .execute(&mut *conn)
         .await?;
+    end_attempt(conn, build.id, build.attempt, target, now).await?;
     let build_time_ms = build.started_at.map_or(0, |started| now - started);
     adjust_totals(
         conn,
@@ -532,7 +660,7 @@ async fn finish(
             finished: 1,
             failed: i64::from(target == status::FAILED),
             build_time_ms,
-            cpu_micros: build.cpu_micros(),
+            cpu_micros: build.cpu_micros,
         },
     )
     .await
@@ -575,6 +703,9 @@ async fn cancel(
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
+                if build.status != status::PENDING {
+                    end_attempt(conn, id, build.attempt, status::CANCELLED, now).await?;
+                }
                 adjust_totals(conn, delta).await?;
                 Ok(load_build(conn, id).await?.view())
             }
@@ -602,38 +733,102 @@ pub async fn reap_lost_leases(
     .fetch_all(&mut *conn)
     .await?;
     for build in &lost {
-        if build.attempt >= MAX_ATTEMPTS {
-            finish(conn, build, status::FAILED, Some(LOST_CONTACT), now).await?;
-            tracing::warn!(
-                build_id = build.id,
-                attempt = build.attempt,
-                "build failed: worker lost contact"
-            );
-        } else {
-            sqlx::query(
-                "UPDATE builds SET status = 'pending', attempt = attempt + 1, worker_id = NULL,
-                 assigned_at = NULL, started_at = NULL WHERE id = ?",
-            )
-            .bind(build.id)
-            .execute(&mut *conn)
-            .await?;
-            adjust_totals(
-                conn,
-                TotalsDelta {
-                    pending: 1,
-                    active: -1,
-                    ..TotalsDelta::default()
-                },
-            )
-            .await?;
-            tracing::warn!(
-                build_id = build.id,
-                attempt = build.attempt + 1,
-                "lease expired: build requeued"
-            );
-        }
+        give_back(conn, build, outcome::REQUEUED, LOST_CONTACT, now).await?;
+        tracing::warn!(
+            build_id = build.id,
+            attempt = build.attempt,
+            "lease expired: build {}",
+            if build.attempt >= MAX_ATTEMPTS {
+                "failed"
+            } else {
+                "requeued"
+            }
+        );
     }
     Ok(lost.len() as u64)
+}
+
+/// Ends the build's current attempt (`how`: requeued or released) and puts
+/// the build back in the queue as its next attempt, keeping its CPU seconds
+/// and samples; after the last attempt the build fails with `last_error`.
+async fn give_back(
+    conn: &mut SqliteConnection,
+    build: &BuildRow,
+    how: &str,
+    last_error: &str,
+    now: i64,
+) -> Result<()> {
+    if build.attempt >= MAX_ATTEMPTS {
+        return finish(conn, build, status::FAILED, Some(last_error), now).await;
+    }
+    sqlx::query(
+        "UPDATE builds SET status = 'pending', attempt = attempt + 1, worker_id = NULL,
+         assigned_at = NULL, started_at = NULL WHERE id = ?",
+    )
+    .bind(build.id)
+    .execute(&mut *conn)
+    .await?;
+    end_attempt(conn, build.id, build.attempt, how, now).await?;
+    adjust_totals(
+        conn,
+        TotalsDelta {
+            pending: 1,
+            active: -1,
+            ..TotalsDelta::default()
+        },
+    )
+    .await
+}
+
+/// `POST /api/builds/{id}/release`: the worker gives its build back. A
+/// repeat (its attempt already ended by its release) is 200 and changes nothing.
+async fn release(
+    State(state): State<AppState>,
+    Worker(worker): Worker,
+    Path(id): Path<String>,
+) -> Result<Json<BuildView>> {
+    let id = parse_build_id(&id)?;
+    let now = now_ms();
+    let view = state
+        .db
+        .writer
+        .write(move |conn| {
+            async move {
+                let build = load_build(conn, id).await?;
+                let active = matches!(build.status.as_str(), status::ASSIGNED | status::BUILDING);
+                if active && build.worker_id == Some(worker.id) {
+                    give_back(conn, &build, outcome::RELEASED, RELEASED_BY_WORKER, now).await?;
+                    tracing::info!(
+                        build_id = id,
+                        worker_id = worker.id,
+                        attempt = build.attempt,
+                        "build released"
+                    );
+                } else {
+                    let attempts = load_attempts(conn, &[id]).await?;
+                    let held = attempts
+                        .iter()
+                        .filter(|a| a.worker_id == Some(worker.id))
+                        .max_by_key(|a| a.attempt)
+                        .ok_or_else(|| {
+                            AppError::Forbidden("this build is not assigned to this worker".into())
+                        })?;
+                    let released_before = held.outcome.as_deref() == Some(outcome::RELEASED)
+                        || (held.attempt == build.attempt
+                            && build.error.as_deref() == Some(RELEASED_BY_WORKER));
+                    if !released_before {
+                        return Err(AppError::Conflict(format!(
+                            "a {} build cannot be released",
+                            build.status
+                        )));
+                    }
+                }
+                Ok(load_build(conn, id).await?.view())
+            }
+            .boxed()
+        })
+        .await?;
+    Ok(Json(view))
 }
 
 /// Runs the lease reaper until the task is aborted.

@@ -2,8 +2,9 @@
 //! `--retention-days` ago, in small batches so that ingestion never waits
 //! long. Per-build figures and every total live in other rows and stay.
 //!
-//! Samples of builds that still accept telemetry leave a tombstone (build,
-//! seq) behind, so that a replay of a purged sample is still a duplicate.
+//! Samples of builds that may still receive telemetry leave a tombstone
+//! (build, attempt, seq) behind, so that a replay of a purged sample is
+//! still a duplicate.
 
 use std::time::Duration;
 
@@ -49,12 +50,15 @@ pub async fn purge_batch(
     .fetch_all(&mut *conn)
     .await?;
     for (id, status, completed_at) in builds {
-        let accepting = matches!(status.as_str(), "assigned" | "building")
+        // A queued build may be one whose last attempt was requeued or
+        // released, and that attempt's worker may still deliver its backlog.
+        let accepting = matches!(status.as_str(), "pending" | "assigned" | "building")
             || completed_at.is_some_and(|done| now - done <= grace_ms);
         if accepting {
             sqlx::query(
-                "INSERT OR IGNORE INTO sample_tombstones (build_id, seq)
-                 SELECT build_id, seq FROM samples WHERE build_id = ? AND received_at < ? LIMIT ?",
+                "INSERT OR IGNORE INTO sample_tombstones (build_id, attempt, seq)
+                 SELECT build_id, attempt, seq FROM samples
+                 WHERE build_id = ? AND received_at < ? LIMIT ?",
             )
             .bind(id)
             .bind(cutoff)
@@ -67,8 +71,8 @@ pub async fn purge_batch(
                 .await?;
         }
         removed += sqlx::query(
-            "DELETE FROM sample_rows WHERE build_id = ?1 AND seq IN
-             (SELECT seq FROM samples WHERE build_id = ?1 AND received_at < ?2 LIMIT ?3)",
+            "DELETE FROM sample_rows WHERE build_id = ?1 AND (attempt, seq) IN
+             (SELECT attempt, seq FROM samples WHERE build_id = ?1 AND received_at < ?2 LIMIT ?3)",
         )
         .bind(id)
         .bind(cutoff)

@@ -120,7 +120,8 @@ pub struct BuildView {
 #[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
-    /// Sample number within the build, from 1; the idempotency key.
+    /// Sample number within the worker's run (attempt) of the build, from
+    /// 1; (build, attempt, seq) is the idempotency key.
     pub seq: i64,
     /// Worker clock when sampled, ms since the epoch.
     pub sampled_at: i64,
@@ -133,6 +134,20 @@ pub struct Snapshot {
     pub cpu_time_s: Option<f64>,
     /// Sampling interval in seconds.
     pub interval_s: i64,
+}
+
+/// A stored sample as `GET /api/builds/{id}/snapshots` lists it: the
+/// telemetry shape plus the attempt whose run sent it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
+#[serde(rename_all = "camelCase")]
+pub struct StoredSnapshot {
+    /// The attempt of the build that sent it, from 1.
+    pub attempt: i64,
+    /// The sample as it was sent.
+    #[serde(flatten)]
+    #[cfg_attr(feature = "ssr", sqlx(flatten))]
+    pub sample: Snapshot,
 }
 
 /// `POST /api/builds/{id}/telemetry` body (current format).

@@ -1,14 +1,16 @@
 #![cfg(feature = "ssr")]
 //! SPEC's invariants under seeded random sequences of lifecycle calls and
 //! telemetry (replays, out-of-order batches, lost samples, legacy and
-//! current bodies, invalid samples mixed in). After every step:
+//! current bodies, invalid samples mixed in, releases that requeue a build
+//! as its next attempt, and late deliveries of an ended attempt's backlog).
+//! After every step:
 //! - every `NetworkStats` figure, every build's figures and today's daily
 //!   entry equal a recomputation from the raw `builds` and `samples` rows
 //!   (samples remembered as they were read before retention removed them);
 //! - the stored samples are exactly the valid ones sent (nothing lost,
 //!   nothing invented);
-//! - totals never decrease, except when a build's first `cpuTimeS` replaces
-//!   its percent-based estimate.
+//! - totals never decrease, except when an attempt's first `cpuTimeS`
+//!   replaces its percent-based estimate.
 //!
 //! Replays of earlier requests and purges are steps too, each checked to
 //! change no figure. A failure prints the seed and step; rerun one seed with
@@ -41,30 +43,65 @@ enum CounterMode {
     Later,
 }
 
+/// One run of a build: the worker that was handed it and what it sent.
+#[derive(Clone, Debug)]
+struct ModelAttempt {
+    number: i64,
+    worker: usize,
+    assigned_at: i64,
+    /// Sequence numbers never sent yet, in the order they will be sent.
+    unsent: Vec<i64>,
+    /// Whether an accepted sample of this attempt carried `cpuTimeS`.
+    has_counter: bool,
+    /// Whether its worker released it.
+    released: bool,
+}
+
 #[derive(Clone, Debug)]
 struct ModelBuild {
     id: i64,
     token: String,
     platform: &'static str,
     status: String,
+    /// The worker holding the current attempt (kept once the build finished).
     worker: Option<usize>,
-    assigned_at: i64,
-    /// Sequence numbers never sent yet, in the order they will be sent.
-    unsent: Vec<i64>,
+    attempts: Vec<ModelAttempt>,
     mode: CounterMode,
     counter_factor: f64,
-    /// Outcome of the accepted `complete`.
+    /// Outcome of the accepted `complete` (or failure by the last release).
     outcome: Option<bool>,
-    /// Whether an accepted sample carried `cpuTimeS`.
-    has_counter: bool,
 }
 
-/// A request that can be replayed: path, bearer secret, JSON body.
+impl ModelBuild {
+    /// Index of the last attempt `worker` was handed: the one its requests
+    /// act on.
+    fn held_by(&self, worker: usize) -> Option<usize> {
+        self.attempts.iter().rposition(|a| a.worker == worker)
+    }
+
+    /// Whether attempt `k` takes telemetry from its worker: the current
+    /// attempt while it runs and for the grace period (10 min, longer than
+    /// a run) after the build finished or was cancelled; an attempt its
+    /// worker released, for the grace period after.
+    fn takes_telemetry(&self, k: usize) -> bool {
+        let attempt = &self.attempts[k];
+        if self.held_by(attempt.worker) != Some(k) {
+            return false;
+        }
+        let is_current = k + 1 == self.attempts.len() && self.worker == Some(attempt.worker);
+        !is_current || self.status != "pending"
+    }
+}
+
+/// A request that can be replayed: path, bearer secret, JSON body, and for
+/// a worker's request on a build, which attempt it acted on.
 #[derive(Clone, Debug)]
 struct Logged {
     path: String,
     secret: String,
     body: Option<Value>,
+    /// (build index, worker, attempt index).
+    held: Option<(usize, usize, usize)>,
 }
 
 struct Sim {
@@ -74,26 +111,15 @@ struct Sim {
     step: usize,
     workers: Vec<(Worker, Vec<&'static str>)>,
     builds: Vec<ModelBuild>,
-    /// Samples the model expects stored, by (build, seq).
-    expected: BTreeMap<(i64, i64), RawSample>,
-    /// Every sample row ever read from the database, by (build, seq).
-    seen_rows: BTreeMap<(i64, i64), RawSample>,
+    /// Samples the model expects stored, by (build, attempt, seq).
+    expected: BTreeMap<SampleKey, RawSample>,
+    /// Every sample row ever read from the database, by (build, attempt, seq).
+    seen_rows: BTreeMap<SampleKey, RawSample>,
     log: Vec<Logged>,
     /// Keys of the samples expected when the last purge ran (they may be gone).
-    purged: BTreeSet<(i64, i64)>,
+    purged: BTreeSet<SampleKey>,
     last: Option<NetworkStats>,
     next_invalid_seq: i64,
-}
-
-/// Whether the build takes telemetry from its worker: while it runs and for
-/// the grace period (10 min, longer than a run) after it finished or was
-/// cancelled.
-fn is_open_for_telemetry(build: &ModelBuild) -> bool {
-    build.worker.is_some()
-        && matches!(
-            build.status.as_str(),
-            "assigned" | "building" | "completed" | "failed" | "cancelled"
-        )
 }
 
 impl Sim {
@@ -138,6 +164,28 @@ impl Sim {
             .collect()
     }
 
+    /// (build, attempt) pairs whose worker may send telemetry now.
+    fn open_attempts(&self) -> Vec<(usize, usize)> {
+        let mut open = Vec::new();
+        for (i, build) in self.builds.iter().enumerate() {
+            for k in 0..build.attempts.len() {
+                if build.takes_telemetry(k) {
+                    open.push((i, k));
+                }
+            }
+        }
+        open
+    }
+
+    /// Whether replaying `logged` repeats what it did: a worker's request
+    /// acts on the worker's last attempt of the build, so once the worker
+    /// was handed the build again, the same bytes mean something new.
+    fn is_replay(&self, logged: &Logged) -> bool {
+        logged
+            .held
+            .is_none_or(|(i, w, k)| self.builds[i].held_by(w) == Some(k))
+    }
+
     async fn post(&self, logged: &Logged) -> (StatusCode, Value) {
         let response = match &logged.body {
             Some(body) => {
@@ -162,8 +210,9 @@ impl Sim {
         let roll = self.rng.gen_range(0..100);
         match roll {
             0..=7 => (self.submit().await, false),
-            8..=19 => (self.poll().await, false),
-            20..=35 => (self.transition().await, false),
+            8..=18 => (self.poll().await, false),
+            19..=32 => (self.transition().await, false),
+            33..=35 => (self.release().await, false),
             36..=65 => self.telemetry().await,
             66..=71 => (self.legacy().await, false),
             72..=73 => (self.legacy_event().await, false),
@@ -181,13 +230,6 @@ impl Sim {
             "macos"
         };
         let build = self.app.submit_build(platform).await;
-        // Mostly ascending, with some disorder: each seq is sent up to a few
-        // places early or late.
-        let mut keyed: Vec<(i64, i64)> = (1..=50)
-            .map(|seq| (seq + self.rng.gen_range(0..6), seq))
-            .collect();
-        keyed.sort_unstable();
-        let unsent = keyed.into_iter().map(|(_, seq)| seq).collect();
         let mode = match self.rng.gen_range(0..3) {
             0 => CounterMode::Never,
             1 => CounterMode::Always,
@@ -199,12 +241,10 @@ impl Sim {
             platform,
             status: "pending".into(),
             worker: None,
-            assigned_at: 0,
-            unsent,
+            attempts: Vec::new(),
             mode,
             counter_factor: self.rng.gen_range(0.05..1.0),
             outcome: None,
-            has_counter: false,
         });
         format!("submit {platform} build {}", build.id)
     }
@@ -226,10 +266,24 @@ impl Sim {
         );
         if let Some(id) = claimed {
             let assigned_at = self.app.assigned_at(id).await;
+            // Each run numbers its samples from 1. Mostly ascending, with
+            // some disorder: each seq is sent up to a few places early or late.
+            let mut keyed: Vec<(i64, i64)> = (1..=50)
+                .map(|seq| (seq + self.rng.gen_range(0..6), seq))
+                .collect();
+            keyed.sort_unstable();
+            let unsent = keyed.into_iter().map(|(_, seq)| seq).collect();
             let build = self.builds.iter_mut().find(|b| b.id == id).unwrap();
             build.status = "assigned".into();
             build.worker = Some(w);
-            build.assigned_at = assigned_at;
+            build.attempts.push(ModelAttempt {
+                number: build.attempts.len() as i64 + 1,
+                worker: w,
+                assigned_at,
+                unsent,
+                has_counter: false,
+                released: false,
+            });
         }
         format!("worker {w} polls: {claimed:?}")
     }
@@ -276,6 +330,7 @@ impl Sim {
                         path: format!("/api/builds/{}/start", build.id),
                         secret: self.workers[build.worker.unwrap()].0.token.clone(),
                         body: None,
+                        held: Some((i, build.worker.unwrap(), build.attempts.len() - 1)),
                     },
                     expected,
                     next.to_string(),
@@ -305,6 +360,7 @@ impl Sim {
                         path: format!("/api/builds/{}/complete", build.id),
                         secret: self.workers[build.worker.unwrap()].0.token.clone(),
                         body: Some(body),
+                        held: Some((i, build.worker.unwrap(), build.attempts.len() - 1)),
                     },
                     expected,
                     next.to_string(),
@@ -325,6 +381,7 @@ impl Sim {
                         path: format!("/api/builds/{}/cancel", build.id),
                         secret,
                         body: None,
+                        held: None,
                     },
                     expected,
                     next.to_string(),
@@ -347,8 +404,63 @@ impl Sim {
         format!("{} on a {status} build -> {got}", logged.path)
     }
 
-    fn valid_sample(&mut self, build: &ModelBuild, worker: &Worker, seq: i64) -> RawSample {
-        let mut sampled_at = build.assigned_at + seq * 1000 + self.rng.gen_range(1..999);
+    /// A worker that was handed a build gives its last attempt of it back:
+    /// 200 and the next attempt (the third fails the build) while it holds
+    /// the build, 200 and no change when it released that attempt before,
+    /// 409 otherwise.
+    async fn release(&mut self) -> String {
+        let candidates = self.builds_where(|b| !b.attempts.is_empty());
+        let Some(i) = self.pick(&candidates) else {
+            return "no build to release".into();
+        };
+        let holders: Vec<usize> = self.builds[i].attempts.iter().map(|a| a.worker).collect();
+        let w = self.pick(&holders).expect("an attempt has a worker");
+        let build = &self.builds[i];
+        let k = build.held_by(w).expect("a holder");
+        let status = build.status.clone();
+        let holds_now = build.worker == Some(w)
+            && k + 1 == build.attempts.len()
+            && matches!(status.as_str(), "assigned" | "building");
+        let expected = if holds_now || build.attempts[k].released {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        };
+        let logged = Logged {
+            path: format!("/api/builds/{}/release", build.id),
+            secret: self.workers[w].0.token.clone(),
+            body: None,
+            held: Some((i, w, k)),
+        };
+        let (got, body) = self.post(&logged).await;
+        let context = self.context(&format!("release of a {status} build by worker {w}"));
+        assert_eq!(got, expected, "{context}: {body}");
+        if holds_now {
+            let build = &mut self.builds[i];
+            build.attempts[k].released = true;
+            if build.attempts.len() >= 3 {
+                build.status = "failed".into();
+                build.outcome = Some(false);
+            } else {
+                build.status = "pending".into();
+                build.worker = None;
+            }
+            assert_eq!(body["status"], json!(build.status), "{context}");
+        }
+        if got == StatusCode::OK {
+            self.log.push(logged);
+        }
+        format!("worker {w} releases a {status} build -> {got}")
+    }
+
+    fn valid_sample(
+        &mut self,
+        build: &ModelBuild,
+        attempt: &ModelAttempt,
+        worker: &Worker,
+        seq: i64,
+    ) -> RawSample {
+        let mut sampled_at = attempt.assigned_at + seq * 1000 + self.rng.gen_range(1..999);
         if sampled_at % 1000 == 0 {
             // Legacy samples sit on whole seconds; never tie with them.
             sampled_at += 1;
@@ -362,6 +474,7 @@ impl Sim {
         .map(|()| ((seq as f64) * cores * 0.9 * build.counter_factor * 1000.0).round() / 1000.0);
         RawSample {
             build_id: build.id,
+            attempt: attempt.number,
             seq,
             sampled_at,
             cpu_percent: f64::from(self.rng.gen_range(0..=worker.cores * 1000)) / 10.0,
@@ -375,10 +488,10 @@ impl Sim {
         }
     }
 
-    fn invalid_sample(&mut self, build: &ModelBuild, worker: &Worker) -> Value {
+    fn invalid_sample(&mut self, attempt: &ModelAttempt, worker: &Worker) -> Value {
         self.next_invalid_seq += 1;
         let seq = self.next_invalid_seq;
-        let at = build.assigned_at + 1000;
+        let at = attempt.assigned_at + 1000;
         let good = json!({"seq": seq, "sampledAt": at, "cpuPercent": 10.0, "memoryMb": 10.0, "intervalS": 5});
         let mut bad = good.clone();
         let cores = f64::from(worker.cores);
@@ -393,7 +506,7 @@ impl Sim {
             }
             6 => bad["cpuTimeS"] = json!(1.1 * cores + 1.0 + 5.0),
             7 => bad["intervalS"] = json!(0),
-            8 => bad["sampledAt"] = json!(build.assigned_at - 120_000),
+            8 => bad["sampledAt"] = json!(attempt.assigned_at - 120_000),
             // Far enough ahead that a replay later in the run stays invalid.
             9 => bad["sampledAt"] = json!(now_ms() + 3_600_000),
             _ => bad["memoryMb"] = json!(1e308),
@@ -416,37 +529,38 @@ impl Sim {
     /// A current-format batch: new samples (some lost for good), replays
     /// (some with other values), invalid samples, in random order.
     async fn telemetry(&mut self) -> (String, bool) {
-        let candidates = self.builds_where(is_open_for_telemetry);
-        let Some(i) = self.pick(&candidates) else {
+        let candidates = self.open_attempts();
+        let Some((i, k)) = self.pick(&candidates) else {
             return ("no build takes telemetry".into(), false);
         };
         let build = self.builds[i].clone();
-        let worker = self.workers[build.worker.unwrap()].0.clone();
+        let attempt = build.attempts[k].clone();
+        let worker = self.workers[attempt.worker].0.clone();
         let mut items: Vec<(Value, Option<RawSample>, bool)> = Vec::new(); // (json, valid sample, invalid)
         for _ in 0..self.rng.gen_range(0..=6) {
-            let Some(seq) = self.builds[i].unsent.first().copied() else {
+            let Some(seq) = self.builds[i].attempts[k].unsent.first().copied() else {
                 break;
             };
-            self.builds[i].unsent.remove(0);
+            self.builds[i].attempts[k].unsent.remove(0);
             if self.rng.gen_bool(0.15) {
                 continue; // lost: never sent
             }
-            let sample = self.valid_sample(&build, &worker, seq);
+            let sample = self.valid_sample(&build, &attempt, &worker, seq);
             items.push((Self::to_json(&sample), Some(sample.clone()), false));
             if self.rng.gen_bool(0.1) {
                 items.push((Self::to_json(&sample), Some(sample), false));
             }
         }
-        let sent: Vec<(i64, i64)> = self
+        let sent: Vec<SampleKey> = self
             .expected
             .keys()
-            .filter(|(b, _)| *b == build.id)
+            .filter(|(b, a, _)| (*b, *a) == (build.id, attempt.number))
             .copied()
             .collect();
         for _ in 0..self.rng.gen_range(0..=2) {
             if let Some(key) = self.pick(&sent) {
-                let sample = if self.rng.gen_bool(0.5) && key.1 <= 50 {
-                    self.valid_sample(&build, &worker, key.1)
+                let sample = if self.rng.gen_bool(0.5) && key.2 <= 50 {
+                    self.valid_sample(&build, &attempt, &worker, key.2)
                 } else {
                     self.expected[&key].clone()
                 };
@@ -455,7 +569,7 @@ impl Sim {
         }
         if self.rng.gen_bool(0.4) {
             for _ in 0..self.rng.gen_range(1..=2) {
-                items.push((self.invalid_sample(&build, &worker), None, true));
+                items.push((self.invalid_sample(&attempt, &worker), None, true));
             }
         }
         items.shuffle(&mut self.rng);
@@ -465,17 +579,12 @@ impl Sim {
         let mut duplicates = 0u64;
         let mut rejected = Vec::new();
         let mut new_samples = Vec::new();
-        let mut keys_now: BTreeSet<(i64, i64)> = self
-            .expected
-            .keys()
-            .filter(|(b, _)| *b == build.id)
-            .copied()
-            .collect();
+        let mut keys_now: BTreeSet<SampleKey> = sent.iter().copied().collect();
         for (index, (_, sample, invalid)) in items.iter().enumerate() {
             if *invalid {
                 rejected.push(index);
             } else if let Some(sample) = sample {
-                if keys_now.insert((sample.build_id, sample.seq)) {
+                if keys_now.insert((sample.build_id, sample.attempt, sample.seq)) {
                     accepted += 1;
                     new_samples.push(sample.clone());
                 } else {
@@ -489,11 +598,13 @@ impl Sim {
             body: Some(
                 json!({"snapshots": items.iter().map(|(v, _, _)| v.clone()).collect::<Vec<_>>()}),
             ),
+            held: Some((i, attempt.worker, k)),
         };
         let (status, body) = self.post(&logged).await;
         let context = self.context(&format!(
-            "telemetry of {} samples to build {}",
+            "telemetry of {} samples to attempt {} of build {}",
             items.len(),
+            attempt.number,
             build.id
         ));
         let expected_status = if !items.is_empty() && rejected.len() == items.len() {
@@ -524,19 +635,21 @@ impl Sim {
             "rejected indexes {context}: {body}"
         );
         let first_counter =
-            !build.has_counter && new_samples.iter().any(|s| s.cpu_time_s.is_some());
+            !attempt.has_counter && new_samples.iter().any(|s| s.cpu_time_s.is_some());
         if first_counter {
-            self.builds[i].has_counter = true;
+            self.builds[i].attempts[k].has_counter = true;
         }
         for sample in new_samples {
-            self.expected.insert((sample.build_id, sample.seq), sample);
+            self.expected
+                .insert((sample.build_id, sample.attempt, sample.seq), sample);
         }
         self.log.push(logged);
         (
             format!(
-                "telemetry {accepted} new, {duplicates} dup, {} bad -> build {}",
+                "telemetry {accepted} new, {duplicates} dup, {} bad -> build {} attempt {}",
                 rejected.len(),
-                build.id
+                build.id,
+                attempt.number
             ),
             first_counter,
         )
@@ -545,20 +658,23 @@ impl Sim {
     /// The Swift worker's `cpu_snapshot` body; a second on an earlier
     /// second is a replay.
     async fn legacy(&mut self) -> String {
-        let candidates = self.builds_where(is_open_for_telemetry);
-        let Some(i) = self.pick(&candidates) else {
+        let candidates = self.open_attempts();
+        let Some((i, k)) = self.pick(&candidates) else {
             return "no build takes telemetry".into();
         };
         let build = self.builds[i].clone();
-        let worker = self.workers[build.worker.unwrap()].0.clone();
+        let attempt = build.attempts[k].clone();
+        let worker = self.workers[attempt.worker].0.clone();
         let seconds = now_ms() / 1000 - self.rng.gen_range(0..20);
         let cpu = f64::from(self.rng.gen_range(0..=worker.cores * 100));
         let memory = self.rng.gen_range(0..=worker.memory_mb) as f64;
-        let duplicate = self.expected.contains_key(&(build.id, seconds));
+        let key = (build.id, attempt.number, seconds);
+        let duplicate = self.expected.contains_key(&key);
         let logged = Logged {
             path: format!("/api/builds/{}/telemetry", build.id),
             secret: worker.token.clone(),
             body: Some(legacy_cpu_body(seconds, cpu, memory)),
+            held: Some((i, attempt.worker, k)),
         };
         let (status, body) = self.post(&logged).await;
         let context = self.context("legacy cpu_snapshot");
@@ -571,9 +687,10 @@ impl Sim {
         assert_eq!(body, expected, "{context}");
         if !duplicate {
             self.expected.insert(
-                (build.id, seconds),
+                key,
                 RawSample {
                     build_id: build.id,
+                    attempt: attempt.number,
                     seq: seconds,
                     sampled_at: seconds * 1000,
                     cpu_percent: cpu,
@@ -591,12 +708,13 @@ impl Sim {
     }
 
     async fn legacy_event(&mut self) -> String {
-        let candidates = self.builds_where(is_open_for_telemetry);
-        let Some(i) = self.pick(&candidates) else {
+        let candidates = self.open_attempts();
+        let Some((i, k)) = self.pick(&candidates) else {
             return "no build takes telemetry".into();
         };
         let build = self.builds[i].clone();
-        let worker = self.workers[build.worker.unwrap()].0.clone();
+        let holder = build.attempts[k].worker;
+        let worker = self.workers[holder].0.clone();
         let logged = Logged {
             path: format!("/api/builds/{}/telemetry", build.id),
             secret: worker.token.clone(),
@@ -605,6 +723,7 @@ impl Sim {
                 "timestamp": rfc3339(now_ms() / 1000),
                 "data": {"stage": "link", "step": self.step}
             })),
+            held: Some((i, holder, k)),
         };
         let (status, body) = self.post(&logged).await;
         let context = self.context("legacy event");
@@ -624,6 +743,7 @@ impl Sim {
             path: "/api/workers/heartbeat".into(),
             secret: self.workers[w].0.token.clone(),
             body: None,
+            held: None,
         };
         let (status, _) = self.post(&logged).await;
         assert_eq!(status, StatusCode::OK, "{}", self.context("heartbeat"));
@@ -631,17 +751,23 @@ impl Sim {
         format!("worker {w} heartbeat")
     }
 
+    /// A worker that never held the build posts to it: 403.
     async fn wrong_worker(&mut self) -> String {
-        let candidates = self.builds_where(is_open_for_telemetry);
-        let Some(i) = self.pick(&candidates) else {
+        let candidates = self.open_attempts();
+        let Some((i, k)) = self.pick(&candidates) else {
             return "no build takes telemetry".into();
         };
         let build = self.builds[i].clone();
-        let owner = build.worker.unwrap();
-        let intruder = (owner + 1) % self.workers.len();
+        let attempt = build.attempts[k].clone();
+        let owner = attempt.worker;
+        let Some(intruder) =
+            (0..self.workers.len()).find(|&w| build.attempts.iter().all(|a| a.worker != w))
+        else {
+            return "every worker held the build".into();
+        };
         let (worker, _) = self.workers[intruder].clone();
         let owner_worker = self.workers[owner].0.clone();
-        let sample = self.valid_sample(&build, &owner_worker, 50);
+        let sample = self.valid_sample(&build, &attempt, &owner_worker, 50);
         let (status, body) = self
             .app
             .telemetry(
@@ -685,7 +811,13 @@ impl Sim {
 
     /// Replays a random earlier request: it must change nothing.
     async fn replay(&mut self) -> String {
-        let Some(logged) = self.pick(&self.log.clone()) else {
+        let replays: Vec<Logged> = self
+            .log
+            .iter()
+            .filter(|l| self.is_replay(l))
+            .cloned()
+            .collect();
+        let Some(logged) = self.pick(&replays) else {
             return "nothing to replay".into();
         };
         let before = self.observable().await;
@@ -725,9 +857,12 @@ impl Sim {
         let pool = self.app.db().await;
         let builds = raw_builds(&pool).await;
         let rows = raw_samples(&pool).await;
-        let stored: BTreeSet<(i64, i64)> = rows.iter().map(|r| (r.build_id, r.seq)).collect();
+        let stored: BTreeSet<SampleKey> = rows
+            .iter()
+            .map(|r| (r.build_id, r.attempt, r.seq))
+            .collect();
         for row in rows {
-            let key = (row.build_id, row.seq);
+            let key = (row.build_id, row.attempt, row.seq);
             let expected = self
                 .expected
                 .get(&key)
@@ -834,7 +969,9 @@ async fn run_seed(seed: u64) {
     let did = sim.purge().await;
     sim.check(&did, false).await;
     for logged in sim.log.clone() {
-        sim.post(&logged).await;
+        if sim.is_replay(&logged) {
+            sim.post(&logged).await;
+        }
     }
     sim.check("replaying every request after the final purge", false)
         .await;

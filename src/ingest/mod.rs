@@ -17,7 +17,7 @@ use crate::db::now_ms;
 use crate::error::{AppError, Result};
 use crate::fleet::{authorize_reader, parse_build_id};
 use crate::state::{lock, AppState, Bucket};
-use crate::wire::Snapshot;
+use crate::wire::{Snapshot, StoredSnapshot};
 
 /// Largest telemetry body.
 pub const TELEMETRY_BODY_LIMIT: usize = 256 * 1024;
@@ -393,12 +393,12 @@ async fn snapshots(
     State(state): State<AppState>,
     reader: BuildReader,
     Path(id): Path<String>,
-) -> Result<Json<Vec<Snapshot>>> {
+) -> Result<Json<Vec<StoredSnapshot>>> {
     let id = parse_build_id(&id)?;
     authorize_reader(&state, &reader, id).await?;
-    let samples = sqlx::query_as::<_, Snapshot>(
-        "SELECT seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s
-         FROM samples WHERE build_id = ? ORDER BY sampled_at, seq",
+    let samples = sqlx::query_as::<_, StoredSnapshot>(
+        "SELECT attempt, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s
+         FROM samples WHERE build_id = ? ORDER BY sampled_at, attempt, seq",
     )
     .bind(id)
     .fetch_all(&state.db.reads)

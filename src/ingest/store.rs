@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{check_ranges, Bounds, TelemetryBody, DEFAULT_INTERVAL_S};
 use crate::db::Writer;
 use crate::error::{AppError, Result};
-use crate::fleet::{load_builds, status, BuildRow};
+use crate::fleet::{load_attempts, load_builds, telemetry_attempt, AttemptRow, BuildRow};
 use crate::state::WorkerIdentity;
-use crate::stats::accounting::{counter_micros, percent_sample_micros};
+use crate::stats::accounting::AttemptCpu;
 use crate::stats::ssr::{adjust_day, day_of, DayDelta};
 use crate::wire::{Rejection, Snapshot, TelemetryAnswer};
 
@@ -27,10 +27,10 @@ use crate::wire::{Rejection, Snapshot, TelemetryAnswer};
 const MAX_REQUESTS_PER_BATCH: usize = 128;
 /// Requests waiting for the batcher before callers wait to queue.
 const QUEUE_DEPTH: usize = 4096;
-/// Rows per multi-row insert: 8 parameters each stays far below SQLite's
+/// Rows per multi-row insert: 9 parameters each stays far below SQLite's
 /// limit of 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 250;
-/// Builds per multi-row update: 8 parameters each.
+/// Builds (or attempts) per multi-row update: at most 8 parameters each.
 const BUILDS_PER_UPDATE: usize = 250;
 
 /// One telemetry request, parsed, for the build it names.
@@ -97,32 +97,11 @@ async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Queued>, grace_ms
     }
 }
 
-/// 409 unless the build takes telemetry now: while assigned or building,
-/// and for the grace period after it finished.
-fn require_accepting(build: &BuildRow, now: i64, grace_ms: i64) -> Result<()> {
-    let open = match build.status.as_str() {
-        status::ASSIGNED | status::BUILDING => true,
-        _ => build
-            .completed_at
-            .is_some_and(|done| now - done <= grace_ms),
-    };
-    if open {
-        Ok(())
-    } else {
-        Err(AppError::Conflict(format!(
-            "this {} build no longer accepts telemetry",
-            build.status
-        )))
-    }
-}
-
 /// A build's figures as the batch changes them, in arrival order.
 struct BuildProgress {
     row: BuildRow,
-    /// Its CPU time before this batch, µs.
-    cpu_before: i64,
-    /// Seqs offered to the insert by this batch (the first offer wins).
-    offered: HashSet<i64>,
+    /// Every attempt of the build.
+    attempts: Vec<AttemptProgress>,
     accepted: i64,
     /// `sampledAt` and `cpuPercent` of the newest sample this batch stored,
     /// when newer than every sample stored before.
@@ -131,10 +110,28 @@ struct BuildProgress {
     first_received: Option<i64>,
 }
 
+/// One attempt's figures as the batch changes them.
+struct AttemptProgress {
+    row: AttemptRow,
+    /// Its CPU time before this batch, µs.
+    cpu_before: i64,
+    /// Seqs offered to the insert by this batch (the first offer wins).
+    offered: HashSet<i64>,
+    accepted: i64,
+}
+
+impl AttemptProgress {
+    /// How much this batch changed the attempt's CPU time, µs.
+    fn cpu_delta(&self) -> i64 {
+        self.row.cpu().micros() - self.cpu_before
+    }
+}
+
 /// A sample that passed every check, waiting for the insert's verdict.
 struct Candidate {
     request: usize,
     build_id: i64,
+    attempt: i64,
     sample: Snapshot,
     received_at: i64,
 }
@@ -147,13 +144,24 @@ async fn store_batch(
     let mut ids: Vec<i64> = requests.iter().map(|r| r.build_id).collect();
     ids.sort_unstable();
     ids.dedup();
+    let mut attempts: HashMap<i64, Vec<AttemptProgress>> = HashMap::new();
+    for row in load_attempts(conn, &ids).await? {
+        attempts
+            .entry(row.build_id)
+            .or_default()
+            .push(AttemptProgress {
+                cpu_before: row.cpu().micros(),
+                offered: HashSet::new(),
+                accepted: 0,
+                row,
+            });
+    }
     let mut builds: HashMap<i64, BuildProgress> = load_builds(conn, &ids)
         .await?
         .into_iter()
         .map(|row| {
             let progress = BuildProgress {
-                cpu_before: row.cpu_micros(),
-                offered: HashSet::new(),
+                attempts: attempts.remove(&row.id).unwrap_or_default(),
                 accepted: 0,
                 newest: None,
                 first_received: None,
@@ -170,14 +178,21 @@ async fn store_batch(
             answers.push(Err(AppError::unknown_build()));
             continue;
         };
-        let checked = build
-            .row
-            .require_worker(&incoming.worker)
-            .and_then(|()| require_accepting(&build.row, incoming.now, grace_ms));
-        if let Err(refusal) = checked {
-            answers.push(Err(refusal));
-            continue;
-        }
+        let held = telemetry_attempt(
+            &build.row,
+            build.attempts.iter().map(|a| &a.row),
+            incoming.worker.id,
+            incoming.now,
+            grace_ms,
+        )
+        .map(|a| (a.attempt, a.assigned_at));
+        let (attempt_number, attempt_assigned_at) = match held {
+            Ok(held) => held,
+            Err(refusal) => {
+                answers.push(Err(refusal));
+                continue;
+            }
+        };
         let samples = match incoming.body {
             TelemetryBody::Event { kind, at, data } => {
                 sqlx::query(
@@ -198,22 +213,33 @@ async fn store_batch(
         let bounds = Bounds {
             cpu_cores: incoming.worker.cpu_cores,
             memory_mb: incoming.worker.memory_mb,
-            assigned_at: build.row.assigned_at.unwrap_or(build.row.submitted_at),
+            assigned_at: attempt_assigned_at.unwrap_or(build.row.submitted_at),
             now: incoming.now,
+        };
+        let has_tombstones = build.row.has_tombstones;
+        let Some(attempt) = build
+            .attempts
+            .iter_mut()
+            .find(|a| a.row.attempt == attempt_number)
+        else {
+            answers.push(Err(AppError::Unavailable));
+            continue;
         };
         let mut answer = TelemetryAnswer::default();
         for (index, sample) in samples.into_iter().enumerate() {
             match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
-                Ok(sample) if !build.offered.insert(sample.seq) => answer.duplicates += 1,
+                Ok(sample) if !attempt.offered.insert(sample.seq) => answer.duplicates += 1,
                 Ok(sample)
-                    if build.row.has_tombstones
-                        && is_tombstoned(conn, incoming.build_id, sample.seq).await? =>
+                    if has_tombstones
+                        && is_tombstoned(conn, incoming.build_id, attempt_number, sample.seq)
+                            .await? =>
                 {
                     answer.duplicates += 1;
                 }
                 Ok(sample) => candidates.push(Candidate {
                     request,
                     build_id: incoming.build_id,
+                    attempt: attempt_number,
                     sample,
                     received_at: incoming.now,
                 }),
@@ -231,15 +257,17 @@ async fn store_batch(
         let Some(build) = builds.get_mut(&candidate.build_id) else {
             continue;
         };
-        if !inserted.contains(&(candidate.build_id, candidate.sample.seq)) {
+        let key = (candidate.build_id, candidate.attempt, candidate.sample.seq);
+        if !inserted.contains(&key) {
             answer.duplicates += 1;
             continue;
         }
         answer.accepted += 1;
-        build.accept(&candidate.sample, candidate.received_at);
+        build.accept(candidate.attempt, &candidate.sample, candidate.received_at);
     }
 
     let changed: Vec<&BuildProgress> = builds.values().filter(|b| b.accepted > 0).collect();
+    update_attempts(conn, &changed).await?;
     update_builds(conn, &changed).await?;
     for build in changed {
         if let (true, Some(done)) = (build.row.is_finished(), build.row.completed_at) {
@@ -258,23 +286,23 @@ async fn store_batch(
 }
 
 impl BuildProgress {
-    /// How much this batch changed the build's CPU time, µs.
+    /// How much this batch changed the build's CPU time, µs: the sum of
+    /// its attempts' changes.
     fn cpu_delta(&self) -> i64 {
-        self.row.cpu_micros() - self.cpu_before
+        self.attempts.iter().map(AttemptProgress::cpu_delta).sum()
     }
 
-    /// Folds a newly stored sample into the build's figures, as SPEC defines them.
-    fn accept(&mut self, sample: &Snapshot, received_at: i64) {
+    /// Folds a newly stored sample of `attempt` into the attempt's and the
+    /// build's figures, as SPEC defines them.
+    fn accept(&mut self, attempt: i64, sample: &Snapshot, received_at: i64) {
+        if let Some(progress) = self.attempts.iter_mut().find(|a| a.row.attempt == attempt) {
+            let mut cpu: AttemptCpu = progress.row.cpu();
+            cpu.add_sample(sample.cpu_percent, sample.interval_s, sample.cpu_time_s);
+            progress.row.set_cpu(cpu);
+            progress.accepted += 1;
+        }
         let row = &mut self.row;
         self.accepted += 1;
-        row.cpu_percent_micros += percent_sample_micros(sample.cpu_percent, sample.interval_s);
-        if let Some(cpu_time) = sample.cpu_time_s {
-            row.cpu_counter_micros = Some(
-                row.cpu_counter_micros
-                    .unwrap_or(0)
-                    .max(counter_micros(cpu_time)),
-            );
-        }
         row.peak_memory_mb = Some(
             row.peak_memory_mb
                 .map_or(sample.memory_mb, |p| p.max(sample.memory_mb)),
@@ -294,23 +322,23 @@ async fn update_builds(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -
     let mut cpu_delta = 0;
     for chunk in builds.chunks(BUILDS_PER_UPDATE) {
         let mut sql = String::from(
-            "UPDATE builds SET cpu_percent_micros = v.column2, cpu_counter_micros = v.column3,
-               peak_memory_mb = v.column4, snapshot_count = snapshot_count + v.column5,
-               newest_sampled_at = coalesce(v.column6, newest_sampled_at),
-               newest_cpu_percent = coalesce(v.column7, newest_cpu_percent),
-               oldest_raw_received_at = coalesce(oldest_raw_received_at, v.column8)
+            "UPDATE builds SET cpu_micros = cpu_micros + v.column2,
+               peak_memory_mb = v.column3, snapshot_count = snapshot_count + v.column4,
+               newest_sampled_at = coalesce(v.column5, newest_sampled_at),
+               newest_cpu_percent = coalesce(v.column6, newest_cpu_percent),
+               oldest_raw_received_at = coalesce(oldest_raw_received_at, v.column7)
              FROM (VALUES ",
         );
-        push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?,?)");
+        push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?)");
         sql.push_str(") AS v WHERE builds.id = v.column1");
         let mut query = sqlx::query(&sql);
         for build in chunk {
             let newest = build.newest;
-            cpu_delta += build.cpu_delta();
+            let build_cpu_delta = build.cpu_delta();
+            cpu_delta += build_cpu_delta;
             query = query
                 .bind(build.row.id)
-                .bind(build.row.cpu_percent_micros)
-                .bind(build.row.cpu_counter_micros)
+                .bind(build_cpu_delta)
                 .bind(build.row.peak_memory_mb)
                 .bind(build.accepted)
                 .bind(newest.map(|n| n.0))
@@ -324,6 +352,33 @@ async fn update_builds(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -
             .bind(cpu_delta)
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+/// Writes the changed attempts' CPU accounting: one statement per
+/// [`BUILDS_PER_UPDATE`] attempts.
+async fn update_attempts(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -> Result<()> {
+    let changed: Vec<&AttemptRow> = builds
+        .iter()
+        .flat_map(|b| b.attempts.iter().filter(|a| a.accepted > 0).map(|a| &a.row))
+        .collect();
+    for chunk in changed.chunks(BUILDS_PER_UPDATE) {
+        let mut sql = String::from(
+            "UPDATE attempts SET cpu_percent_micros = v.column3, cpu_counter_micros = v.column4
+             FROM (VALUES ",
+        );
+        push_rows(&mut sql, chunk.len(), "(?,?,?,?)");
+        sql.push_str(") AS v WHERE attempts.build_id = v.column1 AND attempts.attempt = v.column2");
+        let mut query = sqlx::query(&sql);
+        for attempt in chunk {
+            query = query
+                .bind(attempt.build_id)
+                .bind(attempt.attempt)
+                .bind(attempt.cpu_percent_micros)
+                .bind(attempt.cpu_counter_micros);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -385,22 +440,23 @@ impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Stored {
 }
 
 /// Stores the candidates with one statement per [`ROWS_PER_INSERT`];
-/// returns the (build, seq) keys actually inserted, i.e. not seen before.
+/// returns the (build, attempt, seq) keys actually inserted, i.e. not seen before.
 async fn insert_samples(
     conn: &mut SqliteConnection,
     candidates: &[Candidate],
-) -> Result<HashSet<(i64, i64)>> {
+) -> Result<HashSet<(i64, i64, i64)>> {
     let mut inserted = HashSet::with_capacity(candidates.len());
     for chunk in candidates.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(
-            "INSERT OR IGNORE INTO sample_rows (build_id, seq, sampled_at, cpu_percent, memory_mb,
-             cpu_time_s, interval_s, received_after_ms) VALUES ",
+            "INSERT OR IGNORE INTO sample_rows (build_id, attempt, seq, sampled_at, cpu_percent,
+             memory_mb, cpu_time_s, interval_s, received_after_ms) VALUES ",
         );
-        push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?,?)");
-        sql.push_str(" RETURNING build_id, seq");
-        let mut query = sqlx::query_as::<_, (i64, i64)>(&sql);
+        push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?,?,?)");
+        sql.push_str(" RETURNING build_id, attempt, seq");
+        let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
         for Candidate {
             build_id,
+            attempt,
             sample,
             received_at,
             ..
@@ -408,6 +464,7 @@ async fn insert_samples(
         {
             query = query
                 .bind(build_id)
+                .bind(attempt)
                 .bind(sample.seq)
                 .bind(sample.sampled_at)
                 .bind(Stored::new(sample.cpu_percent, HUNDREDTHS))
@@ -421,13 +478,20 @@ async fn insert_samples(
     Ok(inserted)
 }
 
-async fn is_tombstoned(conn: &mut SqliteConnection, id: i64, seq: i64) -> Result<bool> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM sample_tombstones WHERE build_id = ? AND seq = ?")
-            .bind(id)
-            .bind(seq)
-            .fetch_optional(&mut *conn)
-            .await?;
+async fn is_tombstoned(
+    conn: &mut SqliteConnection,
+    id: i64,
+    attempt: i64,
+    seq: i64,
+) -> Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sample_tombstones WHERE build_id = ? AND attempt = ? AND seq = ?",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(found.is_some())
 }
 

@@ -16,10 +16,32 @@ pub fn counter_micros(cpu_time_s: f64) -> i64 {
     (cpu_time_s * MICROS_PER_SECOND as f64).round() as i64
 }
 
-/// A build's CPU time by SPEC: the largest counter seen if any sample carried
-/// one, else the sum of its percent-based samples.
-pub fn build_cpu_micros(percent_sum_micros: i64, counter_max_micros: Option<i64>) -> i64 {
-    counter_max_micros.unwrap_or(percent_sum_micros)
+/// One attempt's CPU accounting. Each attempt is a run of its own whose
+/// `cpuTimeS` counter starts from its own zero, so attempts are accounted
+/// apart and a build's CPU time is the sum of theirs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttemptCpu {
+    /// Sum of the attempt's percent-based samples, µs.
+    pub percent_micros: i64,
+    /// Largest `cpuTimeS` the attempt sent, µs; none when it sent none.
+    pub counter_micros: Option<i64>,
+}
+
+impl AttemptCpu {
+    /// The attempt's CPU time by SPEC: its largest counter if any sample
+    /// carried one, else the sum of its percent-based samples.
+    pub fn micros(&self) -> i64 {
+        self.counter_micros.unwrap_or(self.percent_micros)
+    }
+
+    /// Folds in one distinct sample of this attempt.
+    pub fn add_sample(&mut self, cpu_percent: f64, interval_s: i64, cpu_time_s: Option<f64>) {
+        self.percent_micros += percent_sample_micros(cpu_percent, interval_s);
+        if let Some(cpu_time) = cpu_time_s {
+            let reading = counter_micros(cpu_time);
+            self.counter_micros = Some(self.counter_micros.map_or(reading, |c| c.max(reading)));
+        }
+    }
 }
 
 /// Microseconds as (fractional) seconds, for display and JSON.
@@ -39,12 +61,17 @@ mod tests {
         assert_eq!(percent_sample_micros(100.0, 1), 1_000_000);
     }
 
-    /// The counter wins over the estimate, lower or higher.
+    /// Within an attempt the counter wins over the estimate, lower or higher.
     #[test]
     fn counter_replaces_estimate() {
-        assert_eq!(build_cpu_micros(5_000_000, None), 5_000_000);
-        assert_eq!(build_cpu_micros(5_000_000, Some(3_000_000)), 3_000_000);
-        assert_eq!(build_cpu_micros(5_000_000, Some(9_000_000)), 9_000_000);
+        let mut attempt = AttemptCpu::default();
+        attempt.add_sample(100.0, 5, None);
+        assert_eq!(attempt.micros(), 5_000_000);
+        attempt.add_sample(0.0, 5, Some(3.0));
+        assert_eq!(attempt.micros(), 3_000_000);
+        attempt.add_sample(0.0, 5, Some(9.0));
+        attempt.add_sample(0.0, 5, Some(4.0));
+        assert_eq!(attempt.micros(), 9_000_000, "the largest reading counts");
     }
 
     /// Counter readings round to the nearest microsecond.

@@ -15,7 +15,7 @@ use freeagent::config::ServeArgs;
 use freeagent::stats::accounting::{counter_micros, percent_sample_micros};
 use freeagent::stats::{DailyBuilds, NetworkStats};
 use freeagent::wire::{
-    BuildSubmitted, BuildView, ClaimedBuild, PollAnswer, Snapshot, TelemetryAnswer,
+    BuildSubmitted, BuildView, ClaimedBuild, PollAnswer, Snapshot, StoredSnapshot, TelemetryAnswer,
     WorkerRegistered,
 };
 use reqwest::{Response, StatusCode};
@@ -476,6 +476,13 @@ impl TestApp {
             .status()
     }
 
+    /// `POST /api/builds/{id}/release` as the worker.
+    pub async fn release(&self, worker: &Worker, build: i64) -> StatusCode {
+        self.post_empty(&format!("/api/builds/{build}/release"), Some(&worker.token))
+            .await
+            .status()
+    }
+
     /// `POST /api/workers/heartbeat`.
     pub async fn heartbeat(&self, worker: &Worker) -> StatusCode {
         self.post_empty("/api/workers/heartbeat", Some(&worker.token))
@@ -569,6 +576,16 @@ impl TestApp {
         .await
     }
 
+    /// `GET /api/builds/{id}/snapshots` with the admin key, attempts included.
+    pub async fn stored_snapshots(&self, id: i64) -> Vec<StoredSnapshot> {
+        expect_json(
+            self.get(&format!("/api/builds/{id}/snapshots"), Some(ADMIN_KEY))
+                .await,
+            StatusCode::OK,
+        )
+        .await
+    }
+
     /// A read-only connection pool on the database, for raw rows.
     pub async fn db(&self) -> SqlitePool {
         self.pool
@@ -651,6 +668,7 @@ pub struct RawBuild {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawSample {
     pub build_id: i64,
+    pub attempt: i64,
     pub seq: i64,
     pub sampled_at: i64,
     pub cpu_percent: f64,
@@ -659,15 +677,25 @@ pub struct RawSample {
     pub interval_s: i64,
 }
 
-/// The rows `samples` of build `build_id` as they were sent.
+/// The rows `samples` of attempt 1 of build `build_id` as they were sent.
 pub fn raw_rows<'a>(
     build_id: i64,
+    samples: impl IntoIterator<Item = &'a Snapshot>,
+) -> Vec<RawSample> {
+    attempt_rows(build_id, 1, samples)
+}
+
+/// The rows `samples` of attempt `attempt` of build `build_id` as they were sent.
+pub fn attempt_rows<'a>(
+    build_id: i64,
+    attempt: i64,
     samples: impl IntoIterator<Item = &'a Snapshot>,
 ) -> Vec<RawSample> {
     samples
         .into_iter()
         .map(|s| RawSample {
             build_id,
+            attempt,
             seq: s.seq,
             sampled_at: s.sampled_at,
             cpu_percent: s.cpu_percent,
@@ -698,18 +726,28 @@ pub async fn raw_builds(pool: &SqlitePool) -> Vec<RawBuild> {
 /// Every sample row.
 pub async fn raw_samples(pool: &SqlitePool) -> Vec<RawSample> {
     #[allow(clippy::type_complexity)]
-    let rows: Vec<(i64, i64, i64, f64, f64, Option<f64>, i64)> = sqlx::query_as(
-        "SELECT build_id, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s
-         FROM samples ORDER BY build_id, seq",
+    let rows: Vec<(i64, i64, i64, i64, f64, f64, Option<f64>, i64)> = sqlx::query_as(
+        "SELECT build_id, attempt, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s
+         FROM samples ORDER BY build_id, attempt, seq",
     )
     .fetch_all(pool)
     .await
     .expect("read samples");
     rows.into_iter()
         .map(
-            |(build_id, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s)| {
+            |(
+                build_id,
+                attempt,
+                seq,
+                sampled_at,
+                cpu_percent,
+                memory_mb,
+                cpu_time_s,
+                interval_s,
+            )| {
                 RawSample {
                     build_id,
+                    attempt,
                     seq,
                     sampled_at,
                     cpu_percent,
@@ -735,16 +773,19 @@ pub struct BuildFigures {
     pub newest: Option<(i64, f64)>,
 }
 
-/// Figures of one build from its distinct samples.
+/// Figures of one build from its distinct samples, straight from SPEC's
+/// words: each attempt's CPU time is its largest counter, or the sum of its
+/// percent-based samples when it sent none; the build's is their sum.
 pub fn build_figures_from<'a>(samples: impl IntoIterator<Item = &'a RawSample>) -> BuildFigures {
-    let mut percent_micros = 0i64;
-    let mut counter: Option<i64> = None;
+    // attempt -> (percent sum, largest counter)
+    let mut attempts: BTreeMap<i64, (i64, Option<i64>)> = BTreeMap::new();
     let mut figures = BuildFigures::default();
     for s in samples {
-        percent_micros += percent_sample_micros(s.cpu_percent, s.interval_s);
+        let (percent_micros, counter) = attempts.entry(s.attempt).or_default();
+        *percent_micros += percent_sample_micros(s.cpu_percent, s.interval_s);
         if let Some(t) = s.cpu_time_s {
             let micros = counter_micros(t);
-            counter = Some(counter.map_or(micros, |c| c.max(micros)));
+            *counter = Some(counter.map_or(micros, |c| c.max(micros)));
         }
         figures.peak_memory_mb = Some(
             figures
@@ -756,7 +797,10 @@ pub fn build_figures_from<'a>(samples: impl IntoIterator<Item = &'a RawSample>) 
             figures.newest = Some((s.sampled_at, s.cpu_percent));
         }
     }
-    figures.cpu_micros = counter.unwrap_or(percent_micros);
+    figures.cpu_micros = attempts
+        .values()
+        .map(|(percent_micros, counter)| counter.unwrap_or(*percent_micros))
+        .sum();
     figures
 }
 
@@ -776,20 +820,23 @@ pub struct Recomputed {
     pub today: (u64, u64, i64, i64),
 }
 
-/// Every stored sample, keyed by (build, seq) as [`recompute`] takes them.
-pub async fn samples_by_key(pool: &SqlitePool) -> BTreeMap<(i64, i64), RawSample> {
+/// A sample's idempotency key: (build, attempt, seq).
+pub type SampleKey = (i64, i64, i64);
+
+/// Every stored sample, keyed as [`recompute`] takes them.
+pub async fn samples_by_key(pool: &SqlitePool) -> BTreeMap<SampleKey, RawSample> {
     raw_samples(pool)
         .await
         .into_iter()
-        .map(|r| ((r.build_id, r.seq), r))
+        .map(|r| ((r.build_id, r.attempt, r.seq), r))
         .collect()
 }
 
 /// Recomputes the figures at time `now` from build rows and every sample
-/// ever stored (keyed by (build, seq)).
+/// ever stored.
 pub fn recompute(
     builds: &[RawBuild],
-    samples: &BTreeMap<(i64, i64), RawSample>,
+    samples: &BTreeMap<SampleKey, RawSample>,
     now: i64,
 ) -> Recomputed {
     let mut by_build: HashMap<i64, Vec<&RawSample>> = HashMap::new();
