@@ -7,9 +7,10 @@ The database must already carry the schema (bench/controller.sh runs
 `freeagent purge` on a fresh file, which creates and migrates it) and must not
 be open in a controller. Everything the controller keeps up to date on every
 write is set consistently with the rows written, the way the controller
-itself would have: per-build aggregates (cpu_percent_micros,
-cpu_counter_micros, peak_memory_mb, snapshot_count, newest_*,
-oldest_raw_received_at), the single `totals` row and the `daily` rows.
+itself would have: each build's one attempt with its CPU accounting
+(cpu_percent_micros, cpu_counter_micros), per-build aggregates (cpu_micros,
+peak_memory_mb, snapshot_count, newest_*, oldest_raw_received_at), the
+single `totals` row and the `daily` rows.
 
 Samples look like the agent's: fractional cpuPercent and memoryMb, a
 cumulative cpuTimeS, intervalS 5, received within the retention window (so
@@ -120,6 +121,9 @@ def main():
     def count_of(i):
         return per_build + (1 if i <= extra else 0)
 
+    def completed_at(i):
+        return times(i)[2] + count_of(i) * INTERVAL_S * 1000 + 800
+
     def sample_rows():
         for i in range(1, builds + 1):
             _, _, started = times(i)
@@ -140,7 +144,7 @@ def main():
                 if mem > peak:
                     peak = mem
                 # interval_s NULL: the default 5 s; received 120 ms after sampling.
-                yield (i, seq, sampled, stored(pct, 100), stored(mem, 1024),
+                yield (i, 1, seq, sampled, stored(pct, 100), stored(mem, 1024),
                        stored(cpu_time, 100), None, 120)
             agg_percent[i] = percent_micros
             agg_counter[i] = counter_hundredths * 10_000 if n else None
@@ -150,8 +154,8 @@ def main():
 
     conn.execute("BEGIN")
     conn.executemany(
-        "INSERT INTO sample_rows (build_id, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s,"
-        " interval_s, received_after_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sample_rows (build_id, attempt, seq, sampled_at, cpu_percent, memory_mb,"
+        " cpu_time_s, interval_s, received_after_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         sample_rows(),
     )
     conn.execute("COMMIT")
@@ -174,7 +178,7 @@ def main():
         for i in range(1, builds + 1):
             submitted, assigned, started = times(i)
             n = count_of(i)
-            completed = started + n * INTERVAL_S * 1000 + 800
+            completed = completed_at(i)
             failed = i % 20 == 0
             counter = agg_counter[i]
             cpu = counter if counter is not None else agg_percent[i]
@@ -193,16 +197,27 @@ def main():
                    submitted, assigned, started, completed,
                    "build command exited with status 1" if failed else None,
                    hashlib.sha256(b"seed-build-token-%d" % i).digest(),
-                   agg_percent[i], counter, agg_peak[i], n, agg_newest[i], agg_newest_pct[i],
+                   cpu, agg_peak[i], n, agg_newest[i], agg_newest_pct[i],
                    0, first_received)
 
     conn.executemany(
         "INSERT INTO builds (id, status, platform, label, worker_id, attempt, submitted_at,"
-        " assigned_at, started_at, completed_at, error, token_hash, cpu_percent_micros,"
-        " cpu_counter_micros, peak_memory_mb, snapshot_count, newest_sampled_at,"
+        " assigned_at, started_at, completed_at, error, token_hash, cpu_micros,"
+        " peak_memory_mb, snapshot_count, newest_sampled_at,"
         " newest_cpu_percent, has_tombstones, oldest_raw_received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         build_rows(),
+    )
+
+    def attempt_rows():
+        for i in range(1, builds + 1):
+            yield (i, 1, (i % workers) + 1, times(i)[1], completed_at(i),
+                   "failed" if i % 20 == 0 else "completed", agg_percent[i], agg_counter[i])
+
+    conn.executemany(
+        "INSERT INTO attempts (build_id, attempt, worker_id, assigned_at, ended_at, outcome,"
+        " cpu_percent_micros, cpu_counter_micros) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        attempt_rows(),
     )
     conn.executemany(
         "INSERT INTO daily (day, builds_finished, builds_failed, build_time_ms, cpu_micros)"

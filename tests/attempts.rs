@@ -493,3 +493,288 @@ async fn release_refusals_change_nothing() {
         .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
+
+/// Builds a database at the schema before attempts existed, holding what
+/// the controller of that schema wrote: a finished build, a running one with
+/// a purged (tombstoned) sample, a requeued one waiting in the queue, and a
+/// running second attempt whose samples mix both runs. Returns the sample
+/// that retention removed, keyed as the recomputation takes it.
+async fn database_before_attempts(path: &std::path::Path, now: i64) -> RawSample {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open");
+    let mut before = sqlx::migrate!();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 20261202000001)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.expect("the schema before attempts");
+    for id in 1..=3 {
+        sqlx::query(
+            "INSERT INTO workers (id, name, platforms, cpu_cores, memory_mb, token_hash,
+             registered_at, last_seen_at) VALUES (?, ?, '[\"linux\"]', 4, 8192, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(format!("old-{id}"))
+        .bind(&freeagent::auth::hash_secret(&format!("old-token-{id}"))[..])
+        .bind(now - 100_000)
+        .bind(now - 1_000)
+        .execute(&pool)
+        .await
+        .expect("worker");
+    }
+    // id, status, worker, attempt, assigned, started, completed,
+    // percent µs, counter µs, peak, count, has tombstones
+    type Build = (
+        i64,
+        &'static str,
+        Option<i64>,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        Option<i64>,
+        f64,
+        i64,
+        bool,
+    );
+    let builds: [Build; 4] = [
+        (
+            1,
+            "completed",
+            Some(1),
+            1,
+            Some(now - 89_000),
+            Some(now - 88_000),
+            Some(now - 60_000),
+            5_000_000,
+            Some(4_000_000),
+            300.0,
+            2,
+            false,
+        ),
+        (
+            2,
+            "building",
+            Some(2),
+            1,
+            Some(now - 50_000),
+            Some(now - 49_000),
+            None,
+            12_500_000,
+            None,
+            700.0,
+            3,
+            true,
+        ),
+        (
+            3, "pending", None, 2, None, None, None, 4_000_000, None, 64.0, 1, false,
+        ),
+        (
+            4,
+            "building",
+            Some(3),
+            2,
+            Some(now - 20_000),
+            Some(now - 19_000),
+            None,
+            5_000_000,
+            Some(1_000_000),
+            128.0,
+            2,
+            false,
+        ),
+    ];
+    for (
+        id,
+        status,
+        worker,
+        attempt,
+        assigned,
+        started,
+        completed,
+        percent,
+        counter,
+        peak,
+        count,
+        tombstones,
+    ) in builds
+    {
+        sqlx::query(
+            "INSERT INTO builds (id, status, platform, worker_id, attempt, submitted_at, assigned_at,
+             started_at, completed_at, token_hash, cpu_percent_micros, cpu_counter_micros,
+             peak_memory_mb, snapshot_count, has_tombstones, oldest_raw_received_at)
+             VALUES (?, ?, 'linux', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(worker)
+        .bind(attempt)
+        .bind(now - 95_000)
+        .bind(assigned)
+        .bind(started)
+        .bind(completed)
+        .bind(&freeagent::auth::hash_secret(&format!("build-token-{id}"))[..])
+        .bind(percent)
+        .bind(counter)
+        .bind(peak)
+        .bind(count)
+        .bind(tombstones)
+        .bind(now - 90_000)
+        .execute(&pool)
+        .await
+        .expect("build");
+    }
+    // build, seq, sampled_at, cpu %, memory, cpuTimeS
+    let samples: [(i64, i64, i64, f64, f64, Option<f64>); 7] = [
+        (1, 1, now - 87_000, 50.0, 200.0, Some(2.0)),
+        (1, 2, now - 86_000, 50.0, 300.0, Some(4.0)),
+        (2, 1, now - 48_000, 100.0, 700.0, None),
+        (2, 3, now - 46_000, 50.0, 600.0, None),
+        (3, 1, now - 70_000, 80.0, 64.0, None),
+        // Build 4: seq 1 from its first run, seq 5 from its second.
+        (4, 1, now - 40_000, 50.0, 100.0, Some(1.0)),
+        (4, 5, now - 15_000, 50.0, 128.0, Some(0.5)),
+    ];
+    for (build, seq, at, percent, memory, counter) in samples {
+        sqlx::query(
+            "INSERT INTO sample_rows (build_id, seq, sampled_at, cpu_percent, memory_mb,
+             cpu_time_s, interval_s, received_after_ms) VALUES (?, ?, ?, ?, ?, ?, NULL, 10)",
+        )
+        .bind(build)
+        .bind(seq)
+        .bind(at)
+        .bind(percent)
+        .bind(memory)
+        .bind(counter)
+        .execute(&pool)
+        .await
+        .expect("sample");
+    }
+    sqlx::query("INSERT INTO sample_tombstones (build_id, seq) VALUES (2, 2)")
+        .execute(&pool)
+        .await
+        .expect("tombstone");
+    sqlx::query(
+        "UPDATE totals SET builds_pending = 1, builds_active = 2, builds_finished = 1,
+         build_time_ms = 28000, cpu_micros = 4000000 + 12500000 + 4000000 + 1000000",
+    )
+    .execute(&pool)
+    .await
+    .expect("totals");
+    sqlx::query("INSERT INTO daily VALUES (?, 1, 0, 28000, 4000000)")
+        .bind((now - 60_000).div_euclid(86_400_000))
+        .execute(&pool)
+        .await
+        .expect("daily");
+    pool.close().await;
+    RawSample {
+        build_id: 2,
+        attempt: 1,
+        seq: 2,
+        sampled_at: now - 47_000,
+        cpu_percent: 100.0,
+        memory_mb: 650.0,
+        cpu_time_s: None,
+        interval_s: 5,
+    }
+}
+
+/// A database at the schema before attempts migrates on start: existing
+/// samples become attempt 1 and every figure stays what it was; then replays
+/// of old samples (a purged one too) are duplicates, running workers go on,
+/// a requeued build's next attempt counts from seq 1, and every figure
+/// equals the recomputation from the raw rows.
+#[tokio::test]
+async fn database_before_attempts_migrates_with_unchanged_figures() {
+    let old = tempfile::tempdir().expect("temp dir");
+    let old_path = old.path().join("old.db");
+    let now = now_ms();
+    let purged = database_before_attempts(&old_path, now).await;
+    let app = TestApp::builder()
+        .existing_database(&old_path)
+        .start()
+        .await;
+
+    let stats = app.stats().await;
+    assert_eq!(
+        (
+            stats.builds_queued,
+            stats.active_builds,
+            stats.total_builds,
+            stats.total_build_time_ms
+        ),
+        (1, 2, 1, 28_000)
+    );
+    assert_eq!(micros(stats.total_cpu_seconds), 21_500_000);
+    let old_figures = [
+        (1, 4_000_000, 300.0, 2, 1),
+        (2, 12_500_000, 700.0, 3, 1),
+        (3, 4_000_000, 64.0, 1, 2),
+        (4, 1_000_000, 128.0, 2, 2),
+    ];
+    for (id, cpu, peak, count, attempt) in old_figures {
+        let view = app.build(id).await;
+        assert_eq!(
+            (
+                micros(view.cpu_seconds),
+                view.peak_memory_mb,
+                view.snapshot_count,
+                view.attempt
+            ),
+            (cpu, Some(peak), count, attempt),
+            "build {id} after the migration"
+        );
+    }
+    assert!(app.stored_snapshots(4).await.iter().all(|s| s.attempt == 1));
+
+    let worker = |id: i64| Worker {
+        id,
+        token: format!("old-token-{id}"),
+        cores: 4,
+        memory_mb: 8192,
+    };
+    // Build 2's worker goes on: its old seqs (seq 2 purged) are duplicates.
+    let replays = [
+        sample(2, purged.sampled_at, 100.0, 650.0),
+        sample(3, now - 46_000, 50.0, 600.0),
+    ];
+    let (status, answer) = app.send(&worker(2), 2, &replays).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((answer.accepted, answer.duplicates), (0, 2));
+    app.send_ok(&worker(2), 2, &[sample(4, now, 20.0, 500.0)])
+        .await;
+    // Build 4's worker, on attempt 2, goes on with its own counter.
+    app.send_ok(&worker(3), 4, &[counter_sample(6, now, 50.0, 128.0, 0.7)])
+        .await;
+    // The requeued build 3 runs as attempt 2 from seq 1.
+    let claimed = app.claim(&worker(1)).await.expect("the requeued build");
+    assert_eq!((claimed.id, claimed.attempt), (3, 2));
+    app.send_ok(&worker(1), 3, &[sample(1, now_ms(), 40.0, 64.0)])
+        .await;
+    let view = app.build(3).await;
+    assert_eq!(
+        (micros(view.cpu_seconds), view.snapshot_count),
+        (6_000_000, 2)
+    );
+
+    let pool = app.db().await;
+    let mut rows = samples_by_key(&pool).await;
+    rows.insert((purged.build_id, purged.attempt, purged.seq), purged);
+    let stats = app.stats().await;
+    let recomputed = recompute(&raw_builds(&pool).await, &rows, stats.generated_at);
+    assert_stats_match(&stats, &recomputed, "after the migration");
+    for (id, figures) in &recomputed.builds {
+        assert_build_matches(&app.build(*id).await, figures, "after the migration");
+    }
+}

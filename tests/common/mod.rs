@@ -149,6 +149,7 @@ type ArgsEdit = Box<dyn FnOnce(&mut ServeArgs)>;
 /// Options of a `TestApp`, SPEC defaults except `stats_ttl` 0.
 pub struct TestAppBuilder {
     args_edit: Vec<ArgsEdit>,
+    existing_database: Option<PathBuf>,
 }
 
 impl TestAppBuilder {
@@ -182,10 +183,19 @@ impl TestAppBuilder {
         self
     }
 
-    /// Starts the controller on a fresh database.
+    /// Starts on a copy of this SQLite file instead of a fresh database.
+    pub fn existing_database(mut self, path: &Path) -> Self {
+        self.existing_database = Some(path.to_path_buf());
+        self
+    }
+
+    /// Starts the controller on a fresh database (or the existing one's copy).
     pub async fn start(self) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_path = dir.path().join("freeagent.db");
+        if let Some(existing) = &self.existing_database {
+            std::fs::copy(existing, &db_path).expect("copy the existing database");
+        }
         let database_url = format!("sqlite://{}", db_path.display());
         let mut args = ServeArgs::new(database_url.clone(), ADMIN_KEY);
         args.stats_ttl = Duration::ZERO;
@@ -239,6 +249,7 @@ impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             args_edit: Vec::new(),
+            existing_database: None,
         }
     }
 
