@@ -2,28 +2,124 @@
 //! Secrets are compared and stored only as SHA-256 hashes; `X-Worker-Id` or
 //! any other header authenticates nothing.
 
-use axum::extract::FromRequestParts;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use futures::FutureExt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::db::now_ms;
+use crate::builds::BuildRow;
+use crate::cache::lock;
+use crate::clock::now_ms;
 use crate::error::{AppError, Result};
-use crate::state::{lock, AppState, WorkerIdentity};
+use crate::storage::{Storage, WorkerIdentity};
 
-/// How stale a worker's stored `last_seen_at` may get before a call refreshes
-/// it: bounds the writes that heartbeats and telemetry cause to one per
-/// second, and to an eighth of the online window and lease when those are
-/// shorter, so the stored time never makes a live worker look silent.
-fn last_seen_resolution_ms(state: &AppState) -> i64 {
-    let window = state
-        .settings
-        .online_window
-        .min(state.settings.lease_timeout)
-        .as_millis() as i64;
-    (window / 8).clamp(1, 1_000)
+/// What authentication owns: the admin key's hash, the worker identities
+/// it has looked up, and when each worker was last seen. Cheap to clone.
+#[derive(Clone)]
+pub struct AuthState {
+    inner: Arc<AuthInner>,
+}
+
+struct AuthInner {
+    storage: Storage,
+    /// SHA-256 of the admin key; the key itself is not kept.
+    admin_key_hash: [u8; 32],
+    /// Worker identities by token hash (workers never change once registered).
+    workers: Mutex<HashMap<[u8; 32], WorkerIdentity>>,
+    /// Last authenticated call per worker, ms since the epoch, as last
+    /// written through to the database.
+    last_seen: Mutex<HashMap<i64, i64>>,
+    /// How stale a worker's stored `last_seen_at` may get before a call
+    /// refreshes it.
+    last_seen_resolution_ms: i64,
+}
+
+impl AuthState {
+    /// Authentication against `admin_key_hash` and the workers in
+    /// `storage`. A worker's stored last-seen time is refreshed at most once
+    /// per second, and per an eighth of `online_window` and `lease_timeout`
+    /// when those are shorter, so the stored time never makes a live worker
+    /// look silent while heartbeats and telemetry cost few writes.
+    pub fn new(
+        storage: Storage,
+        admin_key_hash: [u8; 32],
+        online_window: Duration,
+        lease_timeout: Duration,
+    ) -> AuthState {
+        let window = online_window.min(lease_timeout).as_millis() as i64;
+        AuthState {
+            inner: Arc::new(AuthInner {
+                storage,
+                admin_key_hash,
+                workers: Mutex::new(HashMap::new()),
+                last_seen: Mutex::new(HashMap::new()),
+                last_seen_resolution_ms: (window / 8).clamp(1, 1_000),
+            }),
+        }
+    }
+
+    /// Remembers a newly registered worker, so its first call needs no look-up.
+    pub fn remember_worker(&self, token_hash: [u8; 32], identity: WorkerIdentity) {
+        lock(&self.inner.workers).insert(token_hash, identity);
+    }
+
+    /// Loads build `id` for `reader` and checks the reader may see it.
+    pub async fn authorize_reader(&self, reader: &BuildReader, id: i64) -> Result<BuildRow> {
+        let build = self.inner.storage.build(id).await;
+        match (reader, build) {
+            (BuildReader::Admin, build) => build,
+            (BuildReader::Token(hash), Ok(build)) if build.token_hash == hash[..] => Ok(build),
+            // Unknown secrets learn nothing, not even whether the build exists.
+            (BuildReader::Token(hash), _) => Err(self.wrong_secret(*hash).await),
+        }
+    }
+
+    async fn identify_worker(&self, hash: [u8; 32]) -> Result<WorkerIdentity> {
+        if let Some(identity) = lock(&self.inner.workers).get(&hash) {
+            return Ok(*identity);
+        }
+        let Some(identity) = self.inner.storage.worker_by_token(hash).await? else {
+            return Err(self.wrong_secret(hash).await);
+        };
+        lock(&self.inner.workers).insert(hash, identity);
+        Ok(identity)
+    }
+
+    /// The error for a secret that does not grant the resource: 403 when
+    /// it is some identity's valid secret, 401 when nobody holds it (SPEC
+    /// "Identities and auth").
+    async fn wrong_secret(&self, hash: [u8; 32]) -> AppError {
+        let forbidden = || AppError::Forbidden("this secret does not grant this resource".into());
+        if hash == self.inner.admin_key_hash || lock(&self.inner.workers).contains_key(&hash) {
+            return forbidden();
+        }
+        match self.inner.storage.secret_is_known(hash).await {
+            Ok(true) => forbidden(),
+            Ok(false) => AppError::Unauthorized,
+            Err(error) => error,
+        }
+    }
+
+    /// Records an authenticated call of worker `id` now, writing it through
+    /// at most once per resolution.
+    async fn touch_worker(&self, id: i64) -> Result<()> {
+        let now = now_ms();
+        {
+            let mut seen = lock(&self.inner.last_seen);
+            match seen.get(&id) {
+                Some(&at) if now - at < self.inner.last_seen_resolution_ms => return Ok(()),
+                _ => {
+                    seen.insert(id, now);
+                }
+            }
+        }
+        self.inner.storage.record_last_seen(id, now).await
+    }
 }
 
 /// SHA-256 of a secret.
@@ -52,13 +148,18 @@ pub fn bearer_hash(parts: &Parts) -> Option<[u8; 32]> {
 /// The caller holds the admin key.
 pub struct Admin;
 
-impl FromRequestParts<AppState> for Admin {
+impl<S> FromRequestParts<S> for Admin
+where
+    AuthState: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let auth = AuthState::from_ref(state);
         match bearer_hash(parts) {
-            Some(hash) if hash == state.settings.admin_key_hash => Ok(Admin),
-            Some(hash) => Err(wrong_secret(state, hash).await),
+            Some(hash) if hash == auth.inner.admin_key_hash => Ok(Admin),
+            Some(hash) => Err(auth.wrong_secret(hash).await),
             None => Err(AppError::Unauthorized),
         }
     }
@@ -72,12 +173,17 @@ pub enum BuildReader {
     Token([u8; 32]),
 }
 
-impl FromRequestParts<AppState> for BuildReader {
+impl<S> FromRequestParts<S> for BuildReader
+where
+    AuthState: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let auth = AuthState::from_ref(state);
         match bearer_hash(parts) {
-            Some(hash) if hash == state.settings.admin_key_hash => Ok(BuildReader::Admin),
+            Some(hash) if hash == auth.inner.admin_key_hash => Ok(BuildReader::Admin),
             Some(hash) => Ok(BuildReader::Token(hash)),
             None => Err(AppError::Unauthorized),
         }
@@ -88,84 +194,18 @@ impl FromRequestParts<AppState> for BuildReader {
 /// as the worker's latest sign of life.
 pub struct Worker(pub WorkerIdentity);
 
-impl FromRequestParts<AppState> for Worker {
+impl<S> FromRequestParts<S> for Worker
+where
+    AuthState: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let auth = AuthState::from_ref(state);
         let hash = bearer_hash(parts).ok_or(AppError::Unauthorized)?;
-        let identity = identify_worker(state, hash).await?;
-        touch_worker(state, identity.id).await?;
+        let identity = auth.identify_worker(hash).await?;
+        auth.touch_worker(identity.id).await?;
         Ok(Worker(identity))
     }
-}
-
-async fn identify_worker(state: &AppState, hash: [u8; 32]) -> Result<WorkerIdentity> {
-    if let Some(identity) = lock(&state.caches.workers).get(&hash) {
-        return Ok(*identity);
-    }
-    let row: Option<(i64, i64, i64)> =
-        sqlx::query_as("SELECT id, cpu_cores, memory_mb FROM workers WHERE token_hash = ?")
-            .bind(&hash[..])
-            .fetch_optional(&state.db.reads)
-            .await?;
-    let Some((id, cpu_cores, memory_mb)) = row else {
-        return Err(wrong_secret(state, hash).await);
-    };
-    let identity = WorkerIdentity {
-        id,
-        cpu_cores,
-        memory_mb,
-    };
-    lock(&state.caches.workers).insert(hash, identity);
-    Ok(identity)
-}
-
-/// The error for a secret that does not grant the resource: 403 when it is
-/// some identity's valid secret, 401 when nobody holds it (SPEC "Identities
-/// and auth").
-pub async fn wrong_secret(state: &AppState, hash: [u8; 32]) -> AppError {
-    if hash == state.settings.admin_key_hash || lock(&state.caches.workers).contains_key(&hash) {
-        return AppError::Forbidden("this secret does not grant this resource".into());
-    }
-    let known: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
-        "SELECT 1 FROM workers WHERE token_hash = ?1 UNION ALL SELECT 1 FROM builds WHERE token_hash = ?1 LIMIT 1",
-    )
-    .bind(&hash[..])
-    .fetch_optional(&state.db.reads)
-    .await;
-    match known {
-        Ok(Some(_)) => AppError::Forbidden("this secret does not grant this resource".into()),
-        Ok(None) => AppError::Unauthorized,
-        Err(error) => AppError::Database(error),
-    }
-}
-
-/// Records an authenticated call of worker `id` now, writing it through at
-/// most once per [`last_seen_resolution_ms`].
-async fn touch_worker(state: &AppState, id: i64) -> Result<()> {
-    let now = now_ms();
-    {
-        let mut seen = lock(&state.caches.last_seen);
-        match seen.get(&id) {
-            Some(&at) if now - at < last_seen_resolution_ms(state) => return Ok(()),
-            _ => {
-                seen.insert(id, now);
-            }
-        }
-    }
-    state
-        .db
-        .writer
-        .write_checked(move |conn| {
-            async move {
-                sqlx::query("UPDATE workers SET last_seen_at = max(last_seen_at, ?) WHERE id = ?")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            }
-            .boxed()
-        })
-        .await
 }

@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::AppError;
-use crate::state::AppState;
 
 /// Body limit of every route but telemetry.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -89,10 +88,10 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, AppError> {
 /// A JSON body of type `T`, at most [`DEFAULT_BODY_LIMIT`] bytes.
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = AppError;
 
-    async fn from_request(request: Request, _state: &AppState) -> Result<Self, AppError> {
+    async fn from_request(request: Request, _state: &S) -> Result<Self, AppError> {
         let bytes = read_limited(request.into_body(), DEFAULT_BODY_LIMIT).await?;
         from_value(parse_json(&bytes)?).map(JsonBody)
     }

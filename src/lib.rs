@@ -3,27 +3,38 @@
 //!
 //! # Layout
 //!
-//! Read from the bottom up; dependencies point down only.
+//! Three layers; imports point down only, and no domain imports another.
+//! `tests/layers.rs` reads every `crate::` path in `src/` and fails on one
+//! that does not.
 //!
-//! Shared by browser and server (compiled to WASM too):
-//! - [`wire`]: JSON shapes of the REST API, spoken by the server and the agent.
-//! - [`stats`]: the one `NetworkStats` type, its server functions, the pure
-//!   CPU-seconds accounting and the demo generator; `stats::ssr` keeps the
-//!   running totals (server only).
-//! - [`format`]: how figures are written for people (pure).
-//! - [`app`]: the Leptos landing page, rendered on the server and hydrated.
+//! **Shell** (assembles everything; server only):
+//! - [`server`]: the composition root `AppState` (each domain's own state,
+//!   `FromRef`), the router, background tasks, serving.
+//! - [`cli`]: subcommands; [`config`]: flags.
 //!
-//! Server only (feature `ssr`):
-//! - bottom: [`db`] (pool, pragmas, the single group-commit writer),
-//!   [`error`] (the error type and its HTTP mapping), [`state`] (`AppState`,
-//!   settings, caches), [`auth`] (bearer extractors), [`body`] (JSON bodies
-//!   with SPEC's status codes), [`config`] (flags).
-//! - domains: [`fleet`] (workers, the build lifecycle, the lease reaper),
-//!   [`ingest`] (telemetry validation; `ingest::store` batches requests
-//!   into one writer job), [`retention`].
-//! - top: [`server`] (assembles the router, starts background tasks, serves)
-//!   and [`cli`] (subcommands).
-//! - [`agent`]: the worker agent and simulator; shares only [`wire`].
+//! **Domains** (one feature each):
+//! - [`fleet`]: workers and builds over HTTP, and the lease [`fleet::reaper`].
+//! - [`ingest`]: the telemetry route, rate limits, and the batcher.
+//! - [`figures`]: `NetworkStats` and the daily figures, cached, with their
+//!   routes; implements the server functions' `stats::reader`.
+//! - [`retention`]: deletes old raw rows.
+//! - [`app`]: the Leptos landing page (also compiled to WASM).
+//! - [`agent`]: the worker agent and simulator; shares only [`wire`] (and
+//!   [`clock`]) with the server.
+//!
+//! **Foundations** (what every domain stands on):
+//! - [`storage`]: every SQL statement, behind named operations; the SQLite
+//!   backend and its single group-commit writer.
+//! - [`builds`]: the lifecycle as pure code (`BuildStatus`, `transition`,
+//!   which attempt takes telemetry).
+//! - [`ledger`]: how a write changes the totals and a day's figures.
+//! - [`telemetry`]: what a telemetry body means, and each sample's checks.
+//! - [`stats`]: the `NetworkStats` type, server functions, CPU-seconds
+//!   accounting, demo generator (shared with the browser).
+//! - [`auth`] (bearer extractors and their state), [`body`] (JSON bodies),
+//!   [`error`] (one error type, mapped to HTTP once), [`cache`], [`clock`],
+//!   [`wire`] (JSON shapes and limits, shared with the agent and browser),
+//!   [`format`] (figures for people, shared with the browser).
 
 pub mod app;
 pub mod format;
@@ -37,23 +48,33 @@ pub mod auth;
 #[cfg(feature = "ssr")]
 pub mod body;
 #[cfg(feature = "ssr")]
+pub mod builds;
+#[cfg(feature = "ssr")]
+pub mod cache;
+#[cfg(feature = "ssr")]
 pub mod cli;
+#[cfg(feature = "ssr")]
+pub mod clock;
 #[cfg(feature = "ssr")]
 pub mod config;
 #[cfg(feature = "ssr")]
-pub mod db;
-#[cfg(feature = "ssr")]
 pub mod error;
+#[cfg(feature = "ssr")]
+pub mod figures;
 #[cfg(feature = "ssr")]
 pub mod fleet;
 #[cfg(feature = "ssr")]
 pub mod ingest;
 #[cfg(feature = "ssr")]
+pub mod ledger;
+#[cfg(feature = "ssr")]
 pub mod retention;
 #[cfg(feature = "ssr")]
 pub mod server;
 #[cfg(feature = "ssr")]
-pub mod state;
+pub mod storage;
+#[cfg(feature = "ssr")]
+pub mod telemetry;
 
 /// Browser entry point: hydrates the server-rendered page.
 #[cfg(feature = "hydrate")]

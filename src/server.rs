@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,12 +21,35 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::shell;
-use crate::auth::hash_secret;
+use crate::auth::{hash_secret, AuthState};
 use crate::config::ServeArgs;
-use crate::db::{self, Database};
 use crate::error::AppError;
-use crate::ingest::store::TelemetryQueue;
-use crate::state::{AppState, Caches, Settings};
+use crate::figures::FiguresState;
+use crate::fleet::FleetState;
+use crate::ingest::IngestState;
+use crate::retention::RetentionState;
+use crate::stats::reader::Figures;
+use crate::storage::Storage;
+
+/// The composition root: every domain's own state, assembled once. Each
+/// handler and extractor takes only the part it needs (`FromRef`).
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    /// The database.
+    pub storage: Storage,
+    /// Secrets, worker identities, last-seen times.
+    pub auth: AuthState,
+    /// Workers and builds: lease timeout.
+    pub fleet: FleetState,
+    /// Telemetry: its queue and rate buckets.
+    pub ingest: IngestState,
+    /// The figures' read side and its caches.
+    pub figures: FiguresState,
+    /// Retention's settings.
+    pub retention: RetentionState,
+    /// Where cargo-leptos put the site, for the page and its assets.
+    pub leptos_options: LeptosOptions,
+}
 
 /// Where a generated admin key is written.
 pub const ADMIN_KEY_FILE: &str = "data/admin.key";
@@ -111,32 +134,39 @@ fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {
 /// Opens the database and builds the state every handler shares.
 pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let key = admin_key(args.admin_key.as_deref())?;
-    let database: Database = db::open(&args.database_url).await?;
+    let storage = Storage::open(&args.database_url).await?;
     let grace_ms = args.telemetry_grace.as_millis() as i64;
     Ok(AppState {
-        telemetry: TelemetryQueue::start(database.writer.clone(), grace_ms),
-        db: database,
-        settings: Arc::new(Settings {
-            admin_key_hash: hash_secret(&key),
-            online_window: args.online_window,
+        auth: AuthState::new(
+            storage.clone(),
+            hash_secret(&key),
+            args.online_window,
+            args.lease_timeout,
+        ),
+        fleet: FleetState {
+            storage: storage.clone(),
             lease_timeout: args.lease_timeout,
-            telemetry_grace: args.telemetry_grace,
+        },
+        ingest: IngestState::start(storage.clone(), grace_ms, args.telemetry_rate),
+        figures: FiguresState::new(
+            storage.clone(),
+            args.stats_ttl,
+            args.online_window,
+            args.poll_interval,
+        ),
+        retention: RetentionState {
+            storage: storage.clone(),
             retention_days: args.retention_days,
-            stats_ttl: args.stats_ttl,
-            telemetry_rate: args.telemetry_rate,
-            poll_interval: args.poll_interval,
-        }),
-        caches: Arc::new(Caches::default()),
+            telemetry_grace: args.telemetry_grace,
+        },
+        storage,
         leptos_options: leptos_options(args.listen),
     })
 }
 
-async fn healthz(State(state): State<AppState>) -> Response {
-    match sqlx::query_scalar::<_, i64>("SELECT 1")
-        .fetch_one(&state.db.reads)
-        .await
-    {
-        Ok(_) => Json(serde_json::json!({"status": "ok"})).into_response(),
+async fn healthz(State(storage): State<Storage>) -> Response {
+    match storage.health().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
         Err(error) => {
             tracing::error!(%error, "health check failed");
             (
@@ -158,22 +188,22 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(crate::fleet::router())
         .merge(crate::ingest::router())
-        .merge(crate::stats::ssr::router())
+        .merge(crate::figures::router())
         .route("/api/{*rest}", axum::routing::any(unknown_api_route))
         .layer(middleware::from_fn(crate::body::require_json));
-    let context_state = state.clone();
-    let page_state = state.clone();
+    let figures = Figures(Arc::new(state.figures.clone()));
+    let page_figures = figures.clone();
     let options = state.leptos_options.clone();
     Router::new()
         .merge(api)
         .leptos_routes_with_context(
             &state,
             crate::app::routes(),
-            move || provide_context(context_state.clone()),
+            move || provide_context(figures.clone()),
             move || shell(options.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(
-            move || provide_context(page_state.clone()),
+            move || provide_context(page_figures.clone()),
             shell,
         ))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -195,8 +225,8 @@ where
     args.listen = listener.local_addr()?;
     let state = build_state(&args).await?;
     let background = [
-        tokio::spawn(crate::fleet::run_reaper(state.clone())),
-        tokio::spawn(crate::retention::run_retention(state.clone())),
+        tokio::spawn(crate::fleet::reaper::run_reaper(state.fleet.clone())),
+        tokio::spawn(crate::retention::run_retention(state.retention.clone())),
     ];
     tracing::info!(addr = %args.listen, database = %args.database_url, "controller listening");
     let result = axum::serve(listener, router(state))

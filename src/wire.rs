@@ -4,6 +4,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Most characters of a build's `error` (SPEC "Field limits").
+pub const MAX_ERROR_CHARS: usize = 4000;
+/// Most characters of a build's `label`.
+pub const MAX_LABEL_CHARS: usize = 200;
+/// Most samples in one telemetry batch.
+pub const MAX_BATCH: usize = 1000;
+/// Largest telemetry body, bytes.
+pub const TELEMETRY_BODY_LIMIT: usize = 256 * 1024;
+/// The sampling intervals a sample may declare, seconds.
+pub const INTERVAL_S: std::ops::RangeInclusive<i64> = 1..=300;
+
 /// `POST /api/workers/register` body.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use super::client::{CallError, Client, TelemetryOutcome};
 use crate::wire::Snapshot;
 
-/// Most samples in one post (the controller's limit).
-pub const MAX_BATCH: usize = 1000;
+// Most samples in one post: the controller's limit.
+pub use crate::wire::MAX_BATCH;
 
 /// Delivery settings.
 #[derive(Clone, Copy, Debug)]

@@ -35,7 +35,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     // The controller takes whole seconds in 1..=300 as `intervalS`.
-    if d.subsec_nanos() != 0 || !(1..=300).contains(&d.as_secs()) {
+    if d.subsec_nanos() != 0 || !crate::wire::INTERVAL_S.contains(&(d.as_secs() as i64)) {
         return Err(format!(
             "`{text}` must be whole seconds between 1s and 300s"
         ));

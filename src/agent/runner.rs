@@ -20,18 +20,11 @@ use crate::wire::{ClaimedBuild, CompleteBuild, Snapshot};
 
 /// Longest the agent keeps retrying `start` or `complete` of one build.
 const REPORT_PATIENCE: Duration = Duration::from_secs(600);
-/// Most characters of `error` the controller accepts.
-const ERROR_MAX_CHARS: usize = 4000;
+use crate::wire::MAX_ERROR_CHARS as ERROR_MAX_CHARS;
 /// Bytes of the build's output read for the tail.
 const TAIL_BYTES: u64 = 16 * 1024;
 
-/// Milliseconds since the epoch on this machine's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Set once SIGINT or SIGTERM arrived.
 #[derive(Clone, Debug)]

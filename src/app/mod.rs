@@ -6,7 +6,6 @@
 //! - [`live`]: the counters and the polling loop (pause, back-off, reconnect).
 //! - [`chart`]: builds per day as a server-rendered SVG with a table twin.
 //! - [`sections`]: the static prose (what it is, lend a machine, submit a build).
-//! - `ssr` (server only): the chart's days, cached like the figures.
 //!
 //! Every view renders the same HTML on server and browser: no branching on
 //! target or feature, times shown in UTC, numbers through [`crate::format`].
@@ -20,11 +19,8 @@ use crate::stats::{DailyBuilds, NetworkStats};
 mod chart;
 mod live;
 mod sections;
-#[cfg(feature = "ssr")]
-mod ssr;
 
-/// Days of history the chart shows.
-pub const CHART_DAYS: u32 = 30;
+pub use crate::stats::CHART_DAYS;
 
 /// What the page needs to render its first paint: the figures, the chart's
 /// days and how often to poll.
@@ -42,13 +38,11 @@ pub struct Landing {
 /// The first data of the landing page, in one round trip.
 #[server(prefix = "/sfn", endpoint = "landing")]
 pub async fn get_landing() -> Result<Landing, ServerFnError> {
-    let state = expect_context::<crate::state::AppState>();
-    let unavailable = |_| ServerFnError::new("statistics are unavailable right now");
-    let stats = crate::stats::ssr::current_stats(&state)
-        .await
-        .map_err(unavailable)?;
-    let daily = ssr::chart_days(&state).await.map_err(unavailable)?;
-    let poll_interval_ms = u64::try_from(state.settings.poll_interval.as_millis())
+    use crate::stats::reader::{figures, unavailable};
+    let figures = figures()?;
+    let stats = figures.current().await.map_err(|_| unavailable())?;
+    let daily = figures.chart_days().await.map_err(|_| unavailable())?;
+    let poll_interval_ms = u64::try_from(figures.poll_interval().as_millis())
         .unwrap_or(u64::MAX)
         .max(100);
     Ok(Landing {

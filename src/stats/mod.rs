@@ -1,7 +1,8 @@
 //! Network statistics: the one `NetworkStats` type shared by the server, the
-//! REST route, the Leptos server function and the hydrated page; the pure
-//! CPU-seconds accounting; the demo generator; and (server only) how the
-//! totals are kept and read.
+//! REST route, the Leptos server functions and the hydrated page; the pure
+//! CPU-seconds accounting; the demo generator; and (server only) the
+//! [`reader`] interface through which server functions reach the figures,
+//! which the `figures` domain implements and the shell provides.
 
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub mod accounting;
 pub mod demo;
 #[cfg(feature = "ssr")]
-pub mod ssr;
+pub mod reader;
 
 /// The figures the landing page and `GET /api/stats` show. SPEC "The
 /// statistics, exactly" defines each one.
@@ -54,13 +55,16 @@ pub struct DailyBuilds {
     pub cpu_seconds: f64,
 }
 
+/// Days of history the landing page's chart shows.
+pub const CHART_DAYS: u32 = 30;
+
 /// The network's figures, as the page polls them.
 #[server(prefix = "/sfn", endpoint = "network_stats")]
 pub async fn get_network_stats() -> Result<NetworkStats, ServerFnError> {
-    let state = expect_context::<crate::state::AppState>();
-    ssr::current_stats(&state)
+    reader::figures()?
+        .current()
         .await
-        .map_err(|_| ServerFnError::new("statistics are unavailable right now"))
+        .map_err(|_| reader::unavailable())
 }
 
 /// Builds per UTC day for the last `days` days (1..=365, default 30),
@@ -68,15 +72,13 @@ pub async fn get_network_stats() -> Result<NetworkStats, ServerFnError> {
 /// 400/422, never a decoding failure answered 500.
 #[server(prefix = "/sfn", endpoint = "daily_builds")]
 pub async fn get_daily_builds(days: Option<String>) -> Result<Vec<DailyBuilds>, ServerFnError> {
-    let state = expect_context::<crate::state::AppState>();
-    let days = match ssr::parse_days(days.as_deref()) {
+    let figures = reader::figures()?;
+    let days = match reader::parse_days(days.as_deref()) {
         Ok(days) => days,
         Err(error) => {
-            ssr::set_server_fn_status(&error);
+            reader::set_server_fn_status(&error);
             return Err(ServerFnError::new(error.to_string()));
         }
     };
-    ssr::daily(&state, days)
-        .await
-        .map_err(|_| ServerFnError::new("statistics are unavailable right now"))
+    figures.daily(days).await.map_err(|_| reader::unavailable())
 }

@@ -1,99 +1,58 @@
-//! Storing telemetry: every request queued while the previous batch was
-//! being committed is stored by one writer job, with the same answers and
-//! figures as storing them one by one in arrival order.
+//! Storing telemetry: a batch of requests costs a handful of statements
+//! (one to load the builds and one their attempts, one insert per 250
+//! samples, one update each of the attempts, the builds and the totals),
+//! with the same answers and figures as storing them one by one in arrival
+//! order.
 //!
 //! Every sqlx statement is a round trip to the connection's thread; stored
 //! one request at a time, 64 connections of single-sample telemetry spent
 //! most of their time in those hand-offs (a third of both cores idle).
-//! Here a batch of requests costs a handful of statements: one to load the
-//! builds, one insert per 250 samples, one update of the builds and totals.
 
 use std::collections::{HashMap, HashSet};
 
 use futures::FutureExt;
 use sqlx::SqliteConnection;
-use tokio::sync::{mpsc, oneshot};
 
-use super::{check_ranges, Bounds, TelemetryBody, DEFAULT_INTERVAL_S};
-use crate::db::Writer;
+use super::builds::{load_attempts, load_builds};
+use super::figures::apply_ledger;
+use super::Database;
+use crate::builds::{telemetry_attempt, AttemptRow, BuildRow};
 use crate::error::{AppError, Result};
-use crate::fleet::{load_attempts, load_builds, telemetry_attempt, AttemptRow, BuildRow};
-use crate::state::WorkerIdentity;
+use crate::ledger::{day_of, DayDelta, LedgerDelta, TotalsDelta};
 use crate::stats::accounting::AttemptCpu;
-use crate::stats::ssr::{adjust_day, day_of, DayDelta};
-use crate::wire::{Rejection, Snapshot, TelemetryAnswer};
+use crate::storage::TelemetryRequest;
+use crate::telemetry::{check_ranges, Bounds, TelemetryBody, DEFAULT_INTERVAL_S};
+use crate::wire::{Rejection, Snapshot, StoredSnapshot, TelemetryAnswer};
 
-/// Most requests stored by one writer job.
-const MAX_REQUESTS_PER_BATCH: usize = 128;
-/// Requests waiting for the batcher before callers wait to queue.
-const QUEUE_DEPTH: usize = 4096;
 /// Rows per multi-row insert: 9 parameters each stays far below SQLite's
 /// limit of 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 250;
 /// Builds (or attempts) per multi-row update: at most 8 parameters each.
 const BUILDS_PER_UPDATE: usize = 250;
 
-/// One telemetry request, parsed, for the build it names.
-pub struct Incoming {
-    /// The authenticated worker.
-    pub worker: WorkerIdentity,
-    /// The build in the path.
-    pub build_id: i64,
-    /// Samples or an event.
-    pub body: TelemetryBody,
-    /// When the request arrived, ms.
-    pub now: i64,
-}
-
-type Queued = (Incoming, oneshot::Sender<Result<TelemetryAnswer>>);
-
-/// Handle to the telemetry batcher. Cheap to clone.
-#[derive(Clone)]
-pub struct TelemetryQueue {
-    requests: mpsc::Sender<Queued>,
-}
-
-impl TelemetryQueue {
-    /// Starts the batcher, which stores through `writer`; builds take
-    /// telemetry for `grace_ms` after they finished.
-    pub fn start(writer: Writer, grace_ms: i64) -> TelemetryQueue {
-        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_batcher(writer, queue, grace_ms));
-        TelemetryQueue { requests }
-    }
-
-    /// Stores `incoming` and answers once it is committed (or refused).
-    pub async fn store(&self, incoming: Incoming) -> Result<TelemetryAnswer> {
-        let (answer, answered) = oneshot::channel();
-        self.requests
-            .send((incoming, answer))
-            .await
-            .map_err(|_| AppError::Unavailable)?;
-        answered.await.map_err(|_| AppError::Unavailable)?
-    }
-}
-
-async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Queued>, grace_ms: i64) {
-    let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
-    while queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await > 0 {
-        let (requests, answers): (Vec<Incoming>, Vec<_>) = batch.drain(..).unzip();
-        // `store_batch` refuses a request before writing anything for it, and
-        // any database error fails the whole job (see `Writer::write_checked`).
-        let stored = writer
+impl Database {
+    /// Stores the requests as one writer job. Every refusal happens before
+    /// the job's first write, and a database error fails the whole group
+    /// (see [`super::Writer::write_checked`]).
+    pub async fn store_telemetry(
+        &self,
+        requests: Vec<TelemetryRequest>,
+        grace_ms: i64,
+    ) -> Result<Vec<Result<TelemetryAnswer>>> {
+        self.writer
             .write_checked(move |conn| store_batch(conn, requests, grace_ms).boxed())
-            .await;
-        match stored {
-            Ok(results) => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(result);
-                }
-            }
-            Err(_) => {
-                for answer in answers {
-                    let _ = answer.send(Err(AppError::Unavailable));
-                }
-            }
-        }
+            .await
+    }
+
+    /// A build's stored samples, oldest first.
+    pub async fn snapshots(&self, build_id: i64) -> Result<Vec<StoredSnapshot>> {
+        Ok(sqlx::query_as::<_, StoredSnapshot>(
+            "SELECT attempt, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s
+             FROM samples WHERE build_id = ? ORDER BY sampled_at, attempt, seq",
+        )
+        .bind(build_id)
+        .fetch_all(&self.reads)
+        .await?)
     }
 }
 
@@ -138,7 +97,7 @@ struct Candidate {
 
 async fn store_batch(
     conn: &mut SqliteConnection,
-    requests: Vec<Incoming>,
+    requests: Vec<TelemetryRequest>,
     grace_ms: i64,
 ) -> Result<Vec<Result<TelemetryAnswer>>> {
     let mut ids: Vec<i64> = requests.iter().map(|r| r.build_id).collect();
@@ -270,16 +229,16 @@ async fn store_batch(
     update_attempts(conn, &changed).await?;
     update_builds(conn, &changed).await?;
     for build in changed {
-        if let (true, Some(done)) = (build.row.is_finished(), build.row.completed_at) {
-            adjust_day(
-                conn,
-                day_of(done),
-                DayDelta {
-                    cpu_micros: build.cpu_delta(),
-                    ..DayDelta::default()
-                },
-            )
-            .await?;
+        if let (true, Some(done)) = (build.row.status.is_finished(), build.row.completed_at) {
+            let day = DayDelta {
+                cpu_micros: build.cpu_delta(),
+                ..DayDelta::default()
+            };
+            let delta = LedgerDelta {
+                day: Some((day_of(done), day)),
+                ..LedgerDelta::default()
+            };
+            apply_ledger(conn, &delta).await?;
         }
     }
     Ok(answers)
@@ -347,13 +306,11 @@ async fn update_builds(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -
         }
         query.execute(&mut *conn).await?;
     }
-    if cpu_delta != 0 {
-        sqlx::query("UPDATE totals SET cpu_micros = cpu_micros + ? WHERE id = 1")
-            .bind(cpu_delta)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    let totals = TotalsDelta {
+        cpu_micros: cpu_delta,
+        ..TotalsDelta::default()
+    };
+    apply_ledger(conn, &LedgerDelta { totals, day: None }).await
 }
 
 /// Writes the changed attempts' CPU accounting: one statement per

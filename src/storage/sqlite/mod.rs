@@ -1,5 +1,6 @@
-//! The SQLite database: connection settings, migrations, the read pool, and
-//! the single writer that groups concurrent changes into one transaction.
+//! The SQLite backend: connection settings, migrations, the read pool, the
+//! single writer that groups concurrent changes into one transaction, and
+//! (in the files beside this one) every SQL statement of the controller.
 //!
 //! Every change goes through [`Writer::write`] or [`Writer::write_checked`].
 //! The writer task takes whatever jobs are queued, runs them in one `BEGIN
@@ -28,6 +29,14 @@ use sqlx::{Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AppError, Result};
+
+mod builds;
+mod figures;
+mod retention;
+mod telemetry;
+mod workers;
+
+pub use retention::purge_database;
 
 /// Most jobs grouped into one transaction.
 const MAX_JOBS_PER_COMMIT: usize = 512;
@@ -281,14 +290,6 @@ async fn run_group(
     }
     conn.execute("COMMIT").await?;
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch on the controller's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,0 +1,39 @@
+//! The lease reaper: builds whose worker made no authenticated call for the
+//! lease timeout go back to the queue as their next attempt, or fail after
+//! the last one (`builds::transition` on `LeaseLost`).
+
+use std::time::Duration;
+
+use super::FleetState;
+use crate::builds::MAX_ATTEMPTS;
+use crate::clock::now_ms;
+
+/// Runs the lease reaper until the task is aborted.
+pub async fn run_reaper(fleet: FleetState) {
+    let lease = fleet.lease_timeout;
+    let period = (lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = now_ms();
+        let silent_since = now - lease.as_millis() as i64;
+        match fleet.storage.reap_lost_leases(silent_since, now).await {
+            Ok(lost) => {
+                for build in lost {
+                    tracing::warn!(
+                        build_id = build.id,
+                        attempt = build.attempt,
+                        "lease expired: build {}",
+                        if build.attempt >= MAX_ATTEMPTS {
+                            "failed"
+                        } else {
+                            "requeued"
+                        }
+                    );
+                }
+            }
+            Err(error) => tracing::error!(%error, "lease reaper pass failed"),
+        }
+    }
+}

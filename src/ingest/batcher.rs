@@ -1,0 +1,60 @@
+//! The telemetry batcher: every request that queued while the previous
+//! batch was being committed is stored as one storage job.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{AppError, Result};
+use crate::storage::{Storage, TelemetryRequest};
+use crate::wire::TelemetryAnswer;
+
+/// Most requests stored by one job.
+const MAX_REQUESTS_PER_BATCH: usize = 128;
+/// Requests waiting for the batcher before callers wait to queue.
+const QUEUE_DEPTH: usize = 4096;
+
+type Queued = (TelemetryRequest, oneshot::Sender<Result<TelemetryAnswer>>);
+
+/// Handle to the telemetry batcher. Cheap to clone.
+#[derive(Clone)]
+pub struct TelemetryQueue {
+    requests: mpsc::Sender<Queued>,
+}
+
+impl TelemetryQueue {
+    /// Starts the batcher, which stores through `storage`; builds take
+    /// telemetry for `grace_ms` after they (or an attempt) ended.
+    pub fn start(storage: Storage, grace_ms: i64) -> TelemetryQueue {
+        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_batcher(storage, queue, grace_ms));
+        TelemetryQueue { requests }
+    }
+
+    /// Stores `request` and answers once it is committed (or refused).
+    pub async fn store(&self, request: TelemetryRequest) -> Result<TelemetryAnswer> {
+        let (answer, answered) = oneshot::channel();
+        self.requests
+            .send((request, answer))
+            .await
+            .map_err(|_| AppError::Unavailable)?;
+        answered.await.map_err(|_| AppError::Unavailable)?
+    }
+}
+
+async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_ms: i64) {
+    let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
+    while queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await > 0 {
+        let (requests, answers): (Vec<TelemetryRequest>, Vec<_>) = batch.drain(..).unzip();
+        match storage.store_telemetry(requests, grace_ms).await {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            Err(_) => {
+                for answer in answers {
+                    let _ = answer.send(Err(AppError::Unavailable));
+                }
+            }
+        }
+    }
+}

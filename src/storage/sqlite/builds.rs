@@ -1,0 +1,235 @@
+//! Builds and their attempts: submission, the atomic claim, transitions
+//! with their ledger delta, and the lease reaper's query.
+
+use futures::FutureExt;
+use sqlx::SqliteConnection;
+
+use super::figures::apply_ledger;
+use super::Database;
+use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
+use crate::error::{AppError, Result};
+use crate::ledger::{LedgerDelta, TotalsDelta};
+use crate::storage::{ChangeDecision, NewBuild};
+use crate::wire::ClaimedBuild;
+
+const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt, submitted_at,
+    assigned_at, started_at, completed_at, error, token_hash, cpu_micros,
+    peak_memory_mb, snapshot_count, newest_sampled_at, has_tombstones";
+
+/// Loads a build; 404 when there is none.
+pub(super) async fn load_build(conn: &mut SqliteConnection, id: i64) -> Result<BuildRow> {
+    sqlx::query_as::<_, BuildRow>(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(AppError::unknown_build)
+}
+
+/// Loads the builds among `ids` that exist.
+pub(super) async fn load_builds(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<BuildRow>> {
+    let ids = serde_json::to_string(ids).map_err(|_| AppError::Unavailable)?;
+    Ok(sqlx::query_as::<_, BuildRow>(&format!(
+        "SELECT {BUILD_COLUMNS} FROM builds WHERE id IN (SELECT value FROM json_each(?))"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Loads every attempt of the builds among `ids`.
+pub(super) async fn load_attempts(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+) -> Result<Vec<AttemptRow>> {
+    let ids = serde_json::to_string(ids).map_err(|_| AppError::Unavailable)?;
+    Ok(sqlx::query_as::<_, AttemptRow>(
+        "SELECT build_id, attempt, worker_id, assigned_at, ended_at, outcome,
+                cpu_percent_micros, cpu_counter_micros
+         FROM attempts WHERE build_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Writes what a transition of `build` does, in the caller's transaction.
+async fn apply_transition(
+    conn: &mut SqliteConnection,
+    build: &BuildRow,
+    change: &Transition,
+    now: i64,
+) -> Result<()> {
+    let after = &change.build;
+    sqlx::query(
+        "UPDATE builds SET status = ?, attempt = ?, worker_id = ?, assigned_at = ?, started_at = ?,
+         completed_at = ?, error = ? WHERE id = ?",
+    )
+    .bind(after.status)
+    .bind(after.attempt)
+    .bind(after.worker_id)
+    .bind(after.assigned_at)
+    .bind(after.started_at)
+    .bind(after.completed_at)
+    .bind(&after.error)
+    .bind(build.id)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(how) = change.ends_attempt {
+        sqlx::query(
+            "UPDATE attempts SET ended_at = ?, outcome = ?
+             WHERE build_id = ? AND attempt = ? AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(how)
+        .bind(build.id)
+        .bind(build.attempt)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if change.starts_attempt {
+        sqlx::query(
+            "INSERT INTO attempts (build_id, attempt, worker_id, assigned_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (build_id, attempt) DO UPDATE
+             SET worker_id = excluded.worker_id, assigned_at = excluded.assigned_at",
+        )
+        .bind(build.id)
+        .bind(after.attempt)
+        .bind(after.worker_id)
+        .bind(after.assigned_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    apply_ledger(conn, &change.ledger).await
+}
+
+impl Database {
+    /// Stores a new pending build; returns its id.
+    pub async fn submit_build(&self, build: NewBuild) -> Result<i64> {
+        self.writer
+            .write(move |conn| {
+                async move {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO builds (status, platform, label, submitted_at, token_hash)
+                         VALUES ('pending', ?, ?, ?, ?) RETURNING id",
+                    )
+                    .bind(build.platform)
+                    .bind(build.label)
+                    .bind(build.submitted_at)
+                    .bind(&build.token_hash[..])
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let totals = TotalsDelta {
+                        pending: 1,
+                        ..TotalsDelta::default()
+                    };
+                    apply_ledger(conn, &LedgerDelta { totals, day: None }).await?;
+                    Ok(id)
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// A build as stored now; 404 when there is none.
+    pub async fn build(&self, id: i64) -> Result<BuildRow> {
+        let mut conn = self.reads.acquire().await?;
+        load_build(&mut conn, id).await
+    }
+
+    /// Hands the oldest pending build of one of the worker's platforms to
+    /// it. The single writer makes the claim atomic.
+    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<ClaimedBuild>> {
+        self.writer
+            .write(move |conn| {
+                async move {
+                    let id: Option<i64> = sqlx::query_scalar(
+                        "SELECT id FROM builds
+                         WHERE status = 'pending' AND platform IN
+                           (SELECT value FROM json_each((SELECT platforms FROM workers WHERE id = ?)))
+                         ORDER BY id LIMIT 1",
+                    )
+                    .bind(worker_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let Some(id) = id else { return Ok(None) };
+                    let build = load_build(conn, id).await?;
+                    let change = transition(&build, &Event::Claim { worker_id }, now)
+                        .map_err(refusal_error)?;
+                    apply_transition(conn, &build, &change, now).await?;
+                    Ok(Some(ClaimedBuild {
+                        id,
+                        platform: build.platform,
+                        label: build.label,
+                        attempt: change.build.attempt,
+                    }))
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// Changes build `id` by the event `decide` picks from the build and
+    /// its attempts as stored now (or refuses); returns the build after.
+    pub async fn change_build(
+        &self,
+        id: i64,
+        now: i64,
+        decide: ChangeDecision,
+    ) -> Result<BuildRow> {
+        self.writer
+            .write(move |conn| {
+                async move {
+                    let build = load_build(conn, id).await?;
+                    let attempts = load_attempts(conn, &[id]).await?;
+                    let Some(event) = decide(&build, &attempts)? else {
+                        return Ok(build);
+                    };
+                    match transition(&build, &event, now) {
+                        Ok(change) => {
+                            apply_transition(conn, &build, &change, now).await?;
+                            load_build(conn, id).await
+                        }
+                        Err(Refusal::AlreadyThere) => Ok(build),
+                        Err(refusal) => Err(refusal_error(refusal)),
+                    }
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// One pass of the lease reaper: every active build whose worker made
+    /// no authenticated call since `silent_since` loses its attempt.
+    /// Returns the builds as they were before.
+    pub async fn reap_lost_leases(&self, silent_since: i64, now: i64) -> Result<Vec<BuildRow>> {
+        self.writer
+            .write(move |conn| {
+                async move {
+                    let lost: Vec<BuildRow> = sqlx::query_as(&format!(
+                        "SELECT {BUILD_COLUMNS} FROM builds
+                         WHERE status IN ('assigned', 'building')
+                           AND worker_id IN (SELECT id FROM workers WHERE last_seen_at < ?)"
+                    ))
+                    .bind(silent_since)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    for build in &lost {
+                        let change =
+                            transition(build, &Event::LeaseLost, now).map_err(refusal_error)?;
+                        apply_transition(conn, build, &change, now).await?;
+                    }
+                    Ok(lost)
+                }
+                .boxed()
+            })
+            .await
+    }
+}
+
+/// A refused transition as the client sees it.
+fn refusal_error(refusal: Refusal) -> AppError {
+    match refusal {
+        Refusal::AlreadyThere => AppError::Conflict("the build is already in that state".into()),
+        Refusal::NotAllowed(why) => AppError::Conflict(why),
+    }
+}

@@ -1,0 +1,117 @@
+//! The ledger's rows (`totals`, `daily`): applying deltas in the writer's
+//! transaction, and reading the figures in one snapshot.
+
+use sqlx::SqliteConnection;
+
+use super::Database;
+use crate::error::Result;
+use crate::ledger::{DayDelta, LedgerDelta, TotalsDelta};
+use crate::storage::{DailyRow, StoredFigures};
+
+/// Applies `delta` to the running totals and its day, inside the caller's
+/// transaction.
+pub(super) async fn apply_ledger(conn: &mut SqliteConnection, delta: &LedgerDelta) -> Result<()> {
+    if delta.totals != TotalsDelta::default() {
+        let t = delta.totals;
+        sqlx::query(
+            "UPDATE totals SET builds_pending = builds_pending + ?, builds_active = builds_active + ?,
+             builds_finished = builds_finished + ?, build_time_ms = build_time_ms + ?,
+             cpu_micros = cpu_micros + ? WHERE id = 1",
+        )
+        .bind(t.pending)
+        .bind(t.active)
+        .bind(t.finished)
+        .bind(t.build_time_ms)
+        .bind(t.cpu_micros)
+        .execute(&mut *conn)
+        .await?;
+    }
+    match delta.day {
+        Some((day, change)) if change != DayDelta::default() => {
+            sqlx::query(
+                "INSERT INTO daily (day, builds_finished, builds_failed, build_time_ms, cpu_micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (day) DO UPDATE SET builds_finished = builds_finished + ?2,
+                 builds_failed = builds_failed + ?3, build_time_ms = build_time_ms + ?4,
+                 cpu_micros = cpu_micros + ?5",
+            )
+            .bind(day)
+            .bind(change.finished)
+            .bind(change.failed)
+            .bind(change.build_time_ms)
+            .bind(change.cpu_micros)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Database {
+    /// The stored figures, all from one read snapshot.
+    pub async fn figures(
+        &self,
+        today: i64,
+        online_since: i64,
+        fresh_since: i64,
+    ) -> Result<StoredFigures> {
+        let mut conn = self.reads.acquire().await?;
+        let row: (i64, i64, i64, i64, i64, i64, i64, f64) = sqlx::query_as(
+            "SELECT t.builds_pending, t.builds_active, t.builds_finished, t.build_time_ms, t.cpu_micros,
+               COALESCE((SELECT builds_finished FROM daily WHERE day = ?1), 0),
+               (SELECT count(*) FROM workers WHERE last_seen_at >= ?2),
+               COALESCE((SELECT sum(newest_cpu_percent) FROM builds
+                         WHERE status IN ('assigned', 'building') AND newest_sampled_at >= ?3), 0.0)
+             FROM totals t WHERE t.id = 1",
+        )
+        .bind(today)
+        .bind(online_since)
+        .bind(fresh_since)
+        .fetch_one(&mut *conn)
+        .await?;
+        let (pending, active, finished, build_time_ms, cpu_micros, today, online, busy) = row;
+        Ok(StoredFigures {
+            pending,
+            active,
+            finished,
+            build_time_ms,
+            cpu_micros,
+            finished_today: today,
+            workers_online: online,
+            busy_percent: busy,
+        })
+    }
+
+    /// The `daily` rows of days `first..=last`, oldest first.
+    pub async fn daily(&self, first: i64, last: i64) -> Result<Vec<DailyRow>> {
+        let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT day, builds_finished, builds_failed, build_time_ms, cpu_micros
+             FROM daily WHERE day BETWEEN ? AND ? ORDER BY day",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(day, finished, failed, build_time_ms, cpu_micros)| DailyRow {
+                    day,
+                    finished,
+                    failed,
+                    build_time_ms,
+                    cpu_micros,
+                },
+            )
+            .collect())
+    }
+
+    /// Whether the database answers.
+    pub async fn health(&self) -> Result<()> {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(&self.reads)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! Workers: registration, look-ups by token hash, last-seen times.
+
+use futures::FutureExt;
+
+use super::Database;
+use crate::error::Result;
+use crate::storage::{NewWorker, WorkerIdentity};
+
+impl Database {
+    /// Stores a new worker; returns its id.
+    pub async fn register_worker(&self, worker: NewWorker) -> Result<i64> {
+        self.writer
+            .write(move |conn| {
+                async move {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO workers (name, platforms, cpu_cores, memory_mb, token_hash,
+                         registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    )
+                    .bind(worker.name)
+                    .bind(worker.platforms_json)
+                    .bind(worker.cpu_cores)
+                    .bind(worker.memory_mb)
+                    .bind(&worker.token_hash[..])
+                    .bind(worker.registered_at)
+                    .bind(worker.registered_at)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    Ok(id)
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// The worker whose token has this hash.
+    pub async fn worker_by_token(&self, hash: [u8; 32]) -> Result<Option<WorkerIdentity>> {
+        let row: Option<(i64, i64, i64)> =
+            sqlx::query_as("SELECT id, cpu_cores, memory_mb FROM workers WHERE token_hash = ?")
+                .bind(&hash[..])
+                .fetch_optional(&self.reads)
+                .await?;
+        Ok(row.map(|(id, cpu_cores, memory_mb)| WorkerIdentity {
+            id,
+            cpu_cores,
+            memory_mb,
+        }))
+    }
+
+    /// Whether some worker or build holds the secret with this hash.
+    pub async fn secret_is_known(&self, hash: [u8; 32]) -> Result<bool> {
+        let known: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM workers WHERE token_hash = ?1
+             UNION ALL SELECT 1 FROM builds WHERE token_hash = ?1 LIMIT 1",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.reads)
+        .await?;
+        Ok(known.is_some())
+    }
+
+    /// Records that worker `id` made an authenticated call at `now`.
+    pub async fn record_last_seen(&self, id: i64, now: i64) -> Result<()> {
+        self.writer
+            .write_checked(move |conn| {
+                async move {
+                    sqlx::query(
+                        "UPDATE workers SET last_seen_at = max(last_seen_at, ?) WHERE id = ?",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+    }
+}
