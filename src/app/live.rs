@@ -1,10 +1,13 @@
 //! The live network figures: server-rendered with the first data, then
 //! refreshed every poll interval by the hydrated page.
 //!
-//! The timer lives in an `Effect` (effects run only in the browser) and is
-//! cleared on cleanup; the effect re-runs, replacing the timer, whenever the
-//! delay changes (back-off after failures) or the visitor pauses. A failed
-//! poll keeps the last figures on screen and says the page is reconnecting.
+//! Every decision (when to poll, back-off, what the status line says, which
+//! answers are adopted, what is announced) is [`Poller`]'s, pure and tested
+//! in [`super::polling`]; this component only wires signals, the timer and
+//! the server functions to it. The timer lives in an `Effect` (effects run
+//! only in the browser) and is cleared on cleanup; the effect re-runs,
+//! replacing the timer, whenever the delay changes (back-off after failures)
+//! or the visitor pauses.
 
 use std::time::Duration;
 
@@ -12,63 +15,52 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use super::chart::DailyChart;
+use super::polling::{Poller, Step};
 use super::{Landing, CHART_DAYS};
 use crate::format;
-use crate::stats::{get_daily_builds, get_network_stats, NetworkStats};
+use crate::stats::{get_daily_builds, get_network_stats, DailyBuilds, NetworkStats};
 
-/// Screen-reader summaries are announced at most this often.
-const ANNOUNCE_EVERY_MS: i64 = 30_000;
-/// Longest wait between polls while reconnecting.
-const MAX_BACKOFF_MS: u64 = 60_000;
-const DAY_MS: i64 = 86_400_000;
-/// Timer ticks a poll may stay unanswered before it counts as failed.
-const STALLED_TICKS: u32 = 3;
+/// The signals a [`Poller`] step acts on.
+#[derive(Clone, Copy)]
+struct Wiring {
+    poller: RwSignal<Poller>,
+    stats: RwSignal<NetworkStats>,
+    daily: RwSignal<Vec<DailyBuilds>>,
+    announcement: RwSignal<String>,
+}
 
-/// Wait before the next poll after `failures` failed polls in a row: the
-/// poll interval, doubling per failure up to eight times it (at most a
-/// minute, never less than the interval).
-pub fn backoff_ms(poll_ms: u64, failures: u32) -> u64 {
-    if failures == 0 {
-        return poll_ms;
+impl Wiring {
+    /// Hands `event` to the poller and does what it answers.
+    fn event(self, event: impl FnOnce(&mut Poller) -> Step) {
+        if let Some(step) = self.poller.try_update(event) {
+            self.run(step);
+        }
     }
-    let cap = poll_ms.saturating_mul(8).min(MAX_BACKOFF_MS).max(poll_ms);
-    poll_ms.saturating_mul(1 << failures.min(16)).min(cap)
-}
 
-/// How often the page refreshes, for people: `5s`, `500ms`, `1m`.
-pub fn every_text(poll_ms: u64) -> String {
-    if poll_ms < 1000 {
-        format!("{poll_ms}ms")
-    } else {
-        format::duration_ms(i64::try_from(poll_ms).unwrap_or(i64::MAX))
-    }
-}
-
-/// What a screen reader hears about the figures, now and then.
-fn summary(s: &NetworkStats) -> String {
-    format!(
-        "{} nodes online, {} builds running, {} queued; {} builds finished in total.",
-        format::count(s.nodes_online),
-        format::count(s.active_builds),
-        format::count(s.builds_queued),
-        format::count(s.total_builds),
-    )
-}
-
-/// Where the live updates stand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Connection {
-    Live,
-    Paused,
-    Reconnecting,
-}
-
-impl Connection {
-    fn key(self) -> &'static str {
-        match self {
-            Connection::Live => "live",
-            Connection::Paused => "paused",
-            Connection::Reconnecting => "reconnecting",
+    /// Does what a step asks: say, show, refresh the chart, send a poll
+    /// whose answer goes back to the poller.
+    fn run(self, step: Step) {
+        if let Some(text) = step.announce {
+            self.announcement.set(text);
+        }
+        if let Some(next) = step.show {
+            self.stats.set(next);
+        }
+        if step.refresh_chart {
+            spawn_local(async move {
+                if let Ok(days) = get_daily_builds(Some(CHART_DAYS.to_string())).await {
+                    self.daily.set(days);
+                }
+            });
+        }
+        if let Some(ticket) = step.send {
+            spawn_local(async move {
+                let result = get_network_stats().await;
+                self.event(|poller| match result {
+                    Ok(next) => poller.answered(ticket, next),
+                    Err(_) => poller.failed(ticket),
+                });
+            });
         }
     }
 }
@@ -82,111 +74,32 @@ pub fn Network(first: Landing) -> AnyView {
         daily,
         poll_interval_ms,
     } = first;
-    let last_announced = StoredValue::new(stats.generated_at);
+    let poller = RwSignal::new(Poller::new(stats.clone(), poll_interval_ms));
     let stats = RwSignal::new(stats);
     let daily = RwSignal::new(daily);
-    let paused = RwSignal::new(false);
-    let failures = RwSignal::new(0u32);
     let announcement = RwSignal::new(String::new());
-    let in_flight = StoredValue::new(false);
-    let waited_ticks = StoredValue::new(0u32);
-    let generation = StoredValue::new(0u64);
-    let delay = Memo::new(move |_| backoff_ms(poll_interval_ms, failures.get()));
-
-    let connection = Memo::new(move |_| {
-        if paused.get() {
-            Connection::Paused
-        } else if failures.get() > 0 {
-            Connection::Reconnecting
-        } else {
-            Connection::Live
-        }
-    });
-
-    let lost_contact = move || {
-        if failures.get_untracked() == 0 {
-            announcement.set(
-                "Lost contact with the controller. Showing the last figures while reconnecting."
-                    .to_string(),
-            );
-        }
-        failures.update(|f| *f = f.saturating_add(1));
+    let wiring = Wiring {
+        poller,
+        stats,
+        daily,
+        announcement,
     };
-
-    let poll = move || {
-        if in_flight.get_value() {
-            // A request that never answers (a dropped connection) must not
-            // stop the page for good: after a few ticks give up on it.
-            let waited = waited_ticks.get_value() + 1;
-            waited_ticks.set_value(waited);
-            if waited < STALLED_TICKS {
-                return;
-            }
-            lost_contact();
-        }
-        let mine = generation.get_value().wrapping_add(1);
-        generation.set_value(mine);
-        in_flight.set_value(true);
-        waited_ticks.set_value(0);
-        spawn_local(async move {
-            let result = get_network_stats().await;
-            if generation.get_value() != mine {
-                return; // abandoned as stalled; a newer request is under way
-            }
-            in_flight.set_value(false);
-            if paused.get_untracked() {
-                return;
-            }
-            match result {
-                Ok(next) => {
-                    let previous = stats.get_untracked();
-                    let chart_stale = next.total_builds != previous.total_builds
-                        || next.generated_at.div_euclid(DAY_MS)
-                            != previous.generated_at.div_euclid(DAY_MS);
-                    if failures.get_untracked() > 0 {
-                        failures.set(0);
-                        announcement.set(format!("Reconnected. {}", summary(&next)));
-                        last_announced.set_value(next.generated_at);
-                    } else if next.generated_at - last_announced.get_value() >= ANNOUNCE_EVERY_MS
-                        && summary(&next) != summary(&previous)
-                    {
-                        announcement.set(summary(&next));
-                        last_announced.set_value(next.generated_at);
-                    }
-                    stats.set(next);
-                    if chart_stale {
-                        if let Ok(days) = get_daily_builds(Some(CHART_DAYS.to_string())).await {
-                            daily.set(days);
-                        }
-                    }
-                }
-                Err(_) => lost_contact(),
-            }
-        });
-    };
+    // Memos, so that the timer is replaced only when these actually change.
+    let paused = Memo::new(move |_| poller.with(Poller::paused));
+    let delay = Memo::new(move |_| poller.with(Poller::delay_ms));
+    let connection = Memo::new(move |_| poller.with(Poller::connection));
 
     Effect::new(move |_| {
         if paused.get() {
             return;
         }
         let every = Duration::from_millis(delay.get());
-        if let Ok(handle) = set_interval_with_handle(poll, every) {
+        if let Ok(handle) = set_interval_with_handle(move || wiring.event(Poller::tick), every) {
             on_cleanup(move || handle.clear());
         }
     });
 
-    let toggle = move |_| {
-        let now_paused = !paused.get_untracked();
-        paused.set(now_paused);
-        announcement.set(if now_paused {
-            "Live updates paused.".to_string()
-        } else {
-            "Live updates resumed.".to_string()
-        });
-        if !now_paused {
-            poll();
-        }
-    };
+    let toggle = move |_| wiring.event(Poller::toggle_pause);
 
     let f = move |read: fn(&NetworkStats) -> String| move || stats.with(read);
 
@@ -208,11 +121,7 @@ pub fn Network(first: Landing) -> AnyView {
                 <p class="status" id="connection" data-state=move || connection.get().key()>
                     <span class="dot" aria-hidden="true"></span>
                     <span class="status-text">
-                        {move || match connection.get() {
-                            Connection::Live => format!("Updating every {}", every_text(poll_interval_ms)),
-                            Connection::Paused => "Updates paused".to_string(),
-                            Connection::Reconnecting => "Reconnecting…".to_string(),
-                        }}
+                        {move || connection.get().text(poll_interval_ms)}
                     </span>
                     <span class="as-of">
                         "as of "
@@ -277,31 +186,5 @@ fn Counter(
             <dd class="figure" id=id>{value}</dd>
             <dd class="hint">{hint}</dd>
         </div>
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Back-off doubles per failure and stops at eight intervals.
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff_ms(5_000, 0), 5_000);
-        assert_eq!(backoff_ms(5_000, 1), 10_000);
-        assert_eq!(backoff_ms(5_000, 2), 20_000);
-        assert_eq!(backoff_ms(5_000, 3), 40_000);
-        assert_eq!(backoff_ms(5_000, 9), 40_000);
-        assert_eq!(backoff_ms(1_000, 30), 8_000);
-        assert_eq!(backoff_ms(30_000, 5), 60_000);
-        assert_eq!(backoff_ms(120_000, 5), 120_000);
-    }
-
-    /// Intervals read naturally, sub-second ones too.
-    #[test]
-    fn every_reads_naturally() {
-        assert_eq!(every_text(5_000), "5s");
-        assert_eq!(every_text(500), "500ms");
-        assert_eq!(every_text(90_000), "1m 30s");
     }
 }

@@ -18,6 +18,7 @@ use crate::stats::{DailyBuilds, NetworkStats};
 
 mod chart;
 mod live;
+mod polling;
 mod sections;
 
 pub use crate::stats::CHART_DAYS;
