@@ -7,3 +7,9 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Parses durations written like `90s`, `5m`, `1h`, `500ms`, `0s`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 90s, 5m or 500ms: {e}"))
+}

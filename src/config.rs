@@ -5,14 +5,23 @@ use std::time::Duration;
 
 use clap::Args;
 
-/// Parses durations written like `90s`, `5m`, `1h`, `0s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 90s, 5m or 1h: {e}"))
-}
+pub use crate::clock::parse_duration;
 
 /// Default database: a SQLite file under `data/`, created when missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/freeagent.db";
+
+/// SPEC's defaults of `freeagent serve`, written once for clap and for
+/// [`ServeArgs::new`].
+mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:3000";
+    pub const ONLINE_WINDOW: &str = "120s";
+    pub const LEASE_TIMEOUT: &str = "5m";
+    pub const TELEMETRY_GRACE: &str = "10m";
+    pub const RETENTION_DAYS: u32 = 30;
+    pub const STATS_TTL: &str = "1s";
+    pub const TELEMETRY_RATE: u32 = 10;
+    pub const POLL_INTERVAL: &str = "5s";
+}
 
 /// Flags of `freeagent serve`.
 #[derive(Args, Clone, Debug)]
@@ -22,7 +31,7 @@ pub struct ServeArgs {
     pub database_url: String,
 
     /// Address to listen on.
-    #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
+    #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = defaults::LISTEN)]
     pub listen: std::net::SocketAddr,
 
     /// Admin key. When none is given, the one in `data/admin.key` is used,
@@ -31,32 +40,53 @@ pub struct ServeArgs {
     pub admin_key: Option<String>,
 
     /// A worker seen within this window counts as online.
-    #[arg(long, env = "FREEAGENT_ONLINE_WINDOW", default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, env = "FREEAGENT_ONLINE_WINDOW", default_value = defaults::ONLINE_WINDOW, value_parser = parse_duration)]
     pub online_window: Duration,
 
     /// A worker silent this long loses its build back to the queue.
-    #[arg(long, env = "FREEAGENT_LEASE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "FREEAGENT_LEASE_TIMEOUT", default_value = defaults::LEASE_TIMEOUT, value_parser = parse_duration)]
     pub lease_timeout: Duration,
 
     /// How long after a build finished it still accepts telemetry.
-    #[arg(long, env = "FREEAGENT_TELEMETRY_GRACE", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "FREEAGENT_TELEMETRY_GRACE", default_value = defaults::TELEMETRY_GRACE, value_parser = parse_duration)]
     pub telemetry_grace: Duration,
 
     /// Raw samples and events older than this many days are deleted.
-    #[arg(long, env = "FREEAGENT_RETENTION_DAYS", default_value_t = 30)]
+    #[arg(long, env = "FREEAGENT_RETENTION_DAYS", default_value_t = defaults::RETENTION_DAYS)]
     pub retention_days: u32,
 
     /// Longest `GET /api/stats` serves the same figures (`0s`: fresh on every request).
-    #[arg(long, env = "FREEAGENT_STATS_TTL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "FREEAGENT_STATS_TTL", default_value = defaults::STATS_TTL, value_parser = parse_duration)]
     pub stats_ttl: Duration,
 
     /// Telemetry requests per second per worker, sustained; bursts of twice that.
-    #[arg(long, env = "FREEAGENT_TELEMETRY_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FREEAGENT_TELEMETRY_RATE", default_value_t = defaults::TELEMETRY_RATE, value_parser = clap::value_parser!(u32).range(1..))]
     pub telemetry_rate: u32,
 
     /// How often the landing page refreshes its counters.
-    #[arg(long, env = "FREEAGENT_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "FREEAGENT_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = parse_duration)]
     pub poll_interval: Duration,
+}
+
+impl ServeArgs {
+    /// SPEC's defaults, for a database and an admin key.
+    pub fn new(database_url: impl Into<String>, admin_key: impl Into<String>) -> ServeArgs {
+        let duration = |text: &str| parse_duration(text).expect("SPEC's defaults parse");
+        ServeArgs {
+            database_url: database_url.into(),
+            listen: defaults::LISTEN
+                .parse()
+                .expect("SPEC's default address parses"),
+            admin_key: Some(admin_key.into()),
+            online_window: duration(defaults::ONLINE_WINDOW),
+            lease_timeout: duration(defaults::LEASE_TIMEOUT),
+            telemetry_grace: duration(defaults::TELEMETRY_GRACE),
+            retention_days: defaults::RETENTION_DAYS,
+            stats_ttl: duration(defaults::STATS_TTL),
+            telemetry_rate: defaults::TELEMETRY_RATE,
+            poll_interval: duration(defaults::POLL_INTERVAL),
+        }
+    }
 }
 
 /// Flags of `freeagent purge`.
@@ -68,6 +98,29 @@ pub struct PurgeArgs {
 
     /// Remove raw samples and events received more than this many days ago
     /// (0 removes all of them).
-    #[arg(long, env = "FREEAGENT_RETENTION_DAYS", default_value_t = 30)]
+    #[arg(long, env = "FREEAGENT_RETENTION_DAYS", default_value_t = defaults::RETENTION_DAYS)]
     pub retention_days: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    /// `ServeArgs::new` and the flags with nothing given agree on every default.
+    #[test]
+    fn defaults_are_the_same_for_clap_and_new() {
+        let parsed = Serve::try_parse_from(["serve", "--admin-key", "k"])
+            .map(|s| s.args)
+            .expect("defaults parse");
+        let built = ServeArgs::new(DEFAULT_DATABASE_URL, "k");
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+        assert_eq!(built.online_window, std::time::Duration::from_secs(120));
+    }
 }

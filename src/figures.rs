@@ -172,6 +172,10 @@ impl FiguresReader for FiguresState {
     fn poll_interval(&self) -> Duration {
         self.inner.poll_interval
     }
+
+    fn online_window(&self) -> Duration {
+        self.inner.online_window
+    }
 }
 
 /// `YYYY-MM-DD` of a UTC day number.

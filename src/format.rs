@@ -90,6 +90,20 @@ pub fn duration_ms(ms: i64) -> String {
     "0s".to_string()
 }
 
+/// A window of time in words, in its largest whole unit: `2 minutes`,
+/// `1 hour`, `90 seconds`.
+pub fn window_words(ms: u64) -> String {
+    let (amount, unit) = if ms >= HOUR_MS && ms.is_multiple_of(HOUR_MS) {
+        (ms / HOUR_MS, "hour")
+    } else if ms >= MINUTE_MS && ms.is_multiple_of(MINUTE_MS) {
+        (ms / MINUTE_MS, "minute")
+    } else {
+        (ms.div_ceil(SECOND_MS), "second")
+    };
+    let plural = if amount == 1 { "" } else { "s" };
+    format!("{amount} {unit}{plural}")
+}
+
 /// CPU time as an amount and its unit, CPU-hours below one CPU-year and
 /// CPU-years from there: `(3600.0)` -> `("1.00", "CPU-hours")`.
 pub fn cpu_time(seconds: f64) -> (String, &'static str) {
@@ -194,6 +208,17 @@ pub fn rfc3339_utc(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Windows read in their largest whole unit, singular or plural.
+    #[test]
+    fn windows_in_words() {
+        assert_eq!(window_words(120_000), "2 minutes");
+        assert_eq!(window_words(60_000), "1 minute");
+        assert_eq!(window_words(3_600_000), "1 hour");
+        assert_eq!(window_words(90_000), "90 seconds");
+        assert_eq!(window_words(1_000), "1 second");
+        assert_eq!(window_words(1_500), "2 seconds");
+    }
 
     /// Counts get a separator every three digits, and none below 1,000.
     #[test]

@@ -20,7 +20,7 @@
 //! - [`retention`]: deletes old raw rows.
 //! - [`app`]: the Leptos landing page (also compiled to WASM).
 //! - [`agent`]: the worker agent and simulator; shares only [`wire`] (and
-//!   [`clock`]) with the server.
+//!   [`clock`], [`files`]) with the server.
 //!
 //! **Foundations** (what every domain stands on):
 //! - [`storage`]: every SQL statement, behind named operations; the SQLite
@@ -32,7 +32,8 @@
 //! - [`stats`]: the `NetworkStats` type, server functions, CPU-seconds
 //!   accounting, demo generator (shared with the browser).
 //! - [`auth`] (bearer extractors and their state), [`body`] (JSON bodies),
-//!   [`error`] (one error type, mapped to HTTP once), [`cache`], [`clock`],
+//!   [`error`] (one error type, mapped to HTTP once), [`cache`], [`clock`]
+//!   (time and durations), [`files`] (owner-only files),
 //!   [`wire`] (JSON shapes and limits, shared with the agent and browser),
 //!   [`format`] (figures for people, shared with the browser).
 
@@ -61,6 +62,8 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "ssr")]
 pub mod figures;
+#[cfg(feature = "ssr")]
+pub mod files;
 #[cfg(feature = "ssr")]
 pub mod fleet;
 #[cfg(feature = "ssr")]

@@ -67,24 +67,6 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-impl ServeArgs {
-    /// Settings with SPEC's defaults for a database and an admin key.
-    pub fn new(database_url: impl Into<String>, admin_key: impl Into<String>) -> ServeArgs {
-        ServeArgs {
-            database_url: database_url.into(),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 3000)),
-            admin_key: Some(admin_key.into()),
-            online_window: Duration::from_secs(120),
-            lease_timeout: Duration::from_secs(300),
-            telemetry_grace: Duration::from_secs(600),
-            retention_days: 30,
-            stats_ttl: Duration::from_secs(1),
-            telemetry_rate: 10,
-            poll_interval: Duration::from_secs(5),
-        }
-    }
-}
-
 /// The admin key given, or the one in `data/admin.key`, generated when missing.
 fn admin_key(given: Option<&str>) -> Result<String, ServeError> {
     if let Some(key) = given.filter(|k| !k.trim().is_empty()) {
@@ -97,27 +79,10 @@ fn admin_key(given: Option<&str>) -> Result<String, ServeError> {
             return Ok(existing.trim().to_string());
         }
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let key = crate::auth::new_secret();
-    write_private(path, &key)?;
+    crate::files::write_private(path, &key)?;
     tracing::info!(path = %path.display(), "generated an admin key; read it from this file");
     Ok(key)
-}
-
-/// Writes a file only its owner may read (mode 0600 from creation on).
-pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
 }
 
 fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {

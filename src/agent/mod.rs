@@ -26,11 +26,7 @@ use client::{CallError, Client, Tally};
 
 pub use simulate::SimulateArgs;
 
-/// Parses durations written like `5s`, `1m`, `500ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 5s, 1m or 500ms: {e}"))
-}
+pub use crate::clock::parse_duration;
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
@@ -259,26 +255,8 @@ fn token_path(given: Option<PathBuf>) -> Result<PathBuf, AgentError> {
 async fn write_token(path: &Path, token: &str) -> Result<(), AgentError> {
     let path_buf = path.to_path_buf();
     let token = token.to_string();
-    let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-        if let Some(dir) = path_buf.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path_buf)?;
-        // An existing file keeps its mode on open: tighten it explicitly.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(token.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()
+    let result = tokio::task::spawn_blocking(move || {
+        crate::files::write_private(&path_buf, &format!("{token}\n"))
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e)));

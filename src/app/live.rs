@@ -73,6 +73,7 @@ pub fn Network(first: Landing) -> AnyView {
         stats,
         daily,
         poll_interval_ms,
+        online_window_ms,
     } = first;
     let poller = RwSignal::new(Poller::new(stats.clone(), poll_interval_ms));
     let stats = RwSignal::new(stats);
@@ -140,7 +141,7 @@ pub fn Network(first: Landing) -> AnyView {
             </div>
             <div class="figures" role="status" aria-live="polite">
                 <dl class="counters" aria-live="off">
-                    <Counter id="nodes-online" label="Nodes online" hint="seen in the last 2 minutes" value=f(|s| format::count(s.nodes_online))/>
+                    <Counter id="nodes-online" label="Nodes online" hint=format!("seen in the last {}", format::window_words(online_window_ms)) value=f(|s| format::count(s.nodes_online))/>
                     <Counter id="builds-queued" label="Builds queued" hint="waiting for a machine" value=f(|s| format::count(s.builds_queued))/>
                     <Counter id="active-builds" label="Building now" hint="claimed or running" value=f(|s| format::count(s.active_builds))/>
                     <Counter id="cores-busy" label="Cores busy now" hint="working on builds" value=f(|s| format::cores(s.cpu_cores_busy))/>
@@ -177,7 +178,7 @@ pub fn Network(first: Landing) -> AnyView {
 fn Counter(
     id: &'static str,
     label: &'static str,
-    hint: &'static str,
+    #[prop(into)] hint: String,
     value: impl Fn() -> String + Send + Sync + 'static,
 ) -> impl IntoView {
     view! {

@@ -34,6 +34,8 @@ pub struct Landing {
     pub daily: Vec<DailyBuilds>,
     /// The controller's `--poll-interval`, ms.
     pub poll_interval_ms: u64,
+    /// The controller's `--online-window`, ms: what "online" means.
+    pub online_window_ms: u64,
 }
 
 /// The first data of the landing page, in one round trip.
@@ -46,10 +48,12 @@ pub async fn get_landing() -> Result<Landing, ServerFnError> {
     let poll_interval_ms = u64::try_from(figures.poll_interval().as_millis())
         .unwrap_or(u64::MAX)
         .max(100);
+    let online_window_ms = u64::try_from(figures.online_window().as_millis()).unwrap_or(u64::MAX);
     Ok(Landing {
         stats,
         daily,
         poll_interval_ms,
+        online_window_ms,
     })
 }
 

@@ -22,6 +22,8 @@ pub trait FiguresReader: Send + Sync {
     fn chart_days(&self) -> BoxFuture<'_, Result<Vec<DailyBuilds>>>;
     /// How often the page refreshes its counters.
     fn poll_interval(&self) -> Duration;
+    /// A worker seen within this window counts as online.
+    fn online_window(&self) -> Duration;
 }
 
 /// The reader in the Leptos context. Cheap to clone.
