@@ -63,6 +63,16 @@ impl AuthState {
         }
     }
 
+    /// The bearer secret of a request as the admin key or some other
+    /// secret; 401 without one.
+    fn reader(&self, parts: &Parts) -> Result<BuildReader> {
+        match bearer_hash(parts) {
+            Some(hash) if hash == self.inner.admin_key_hash => Ok(BuildReader::Admin),
+            Some(hash) => Ok(BuildReader::Token(hash)),
+            None => Err(AppError::Unauthorized),
+        }
+    }
+
     /// Remembers a newly registered worker, so its first call needs no look-up.
     pub fn remember_worker(&self, token_hash: [u8; 32], identity: WorkerIdentity) {
         lock(&self.inner.workers).insert(token_hash, identity);
@@ -157,10 +167,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
         let auth = AuthState::from_ref(state);
-        match bearer_hash(parts) {
-            Some(hash) if hash == auth.inner.admin_key_hash => Ok(Admin),
-            Some(hash) => Err(auth.wrong_secret(hash).await),
-            None => Err(AppError::Unauthorized),
+        match auth.reader(parts)? {
+            BuildReader::Admin => Ok(Admin),
+            BuildReader::Token(hash) => Err(auth.wrong_secret(hash).await),
         }
     }
 }
@@ -181,12 +190,7 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
-        let auth = AuthState::from_ref(state);
-        match bearer_hash(parts) {
-            Some(hash) if hash == auth.inner.admin_key_hash => Ok(BuildReader::Admin),
-            Some(hash) => Ok(BuildReader::Token(hash)),
-            None => Err(AppError::Unauthorized),
-        }
+        AuthState::from_ref(state).reader(parts)
     }
 }
 

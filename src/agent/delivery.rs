@@ -617,15 +617,19 @@ mod tests {
         }
     }
 
+    /// A client of a loopback port where nothing listens.
+    fn unreachable_client() -> Client {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        Client::new(&format!("http://127.0.0.1:{port}"), "t", Default::default()).expect("client")
+    }
+
     /// Against a port where nothing listens, samples are kept (not dropped),
     /// flush gives up at its limit, and the breaker opens.
     #[tokio::test]
     async fn unreachable_controller_keeps_samples() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let client = Client::new(&format!("http://127.0.0.1:{port}"), "t", Default::default())
-            .expect("client");
+        let client = unreachable_client();
         let config = DeliveryConfig {
             backoff_base: Duration::from_millis(1),
             backoff_max: Duration::from_millis(2),
@@ -648,11 +652,7 @@ mod tests {
     /// and counts them; what is kept is the newest.
     #[tokio::test]
     async fn full_buffer_counts_drops() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let client = Client::new(&format!("http://127.0.0.1:{port}"), "t", Default::default())
-            .expect("client");
+        let client = unreachable_client();
         let config = DeliveryConfig {
             buffer_samples: 3,
             batch_samples: 2,

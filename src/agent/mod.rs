@@ -382,19 +382,14 @@ mod tests {
         };
         assert_eq!(r.platform, vec!["linux", "android", "ios"]);
 
-        let Top::Agent(cmd) = parse(&[
-            "agent",
-            "--controller",
-            "http://x",
-            "--platform",
-            "linux",
-            "--build-command",
-            "make",
-            "--interval",
-            "1m",
-            "--no-telemetry",
-        ])
-        .expect("parses") else {
+        let run = |interval: &'static str| {
+            let mut args = vec!["agent", "--controller", "http://x", "--platform", "linux"];
+            args.extend(["--build-command", "make", "--interval", interval]);
+            args
+        };
+        let mut quiet = run("1m");
+        quiet.push("--no-telemetry");
+        let Top::Agent(cmd) = parse(&quiet).expect("parses") else {
             panic!("agent")
         };
         assert!(cmd.action.is_none());
@@ -402,18 +397,7 @@ mod tests {
         assert!(cmd.run.no_telemetry);
 
         assert!(parse(&["agent", "--platform", "linux"]).is_err());
-        assert!(parse(&[
-            "agent",
-            "--controller",
-            "http://x",
-            "--platform",
-            "linux",
-            "--build-command",
-            "make",
-            "--interval",
-            "500ms",
-        ])
-        .is_err());
+        assert!(parse(&run("500ms")).is_err());
     }
 
     /// Every flag has help text.

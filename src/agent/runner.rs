@@ -341,15 +341,7 @@ impl Worker {
             tracing::warn!(build_id = id, platform = %build.platform, "claimed a build of a platform this agent does not run");
             let client = self.client.clone();
             let _ = self.report("start", id, false, || client.start(id)).await;
-            self.complete(
-                id,
-                CompleteBuild {
-                    success: false,
-                    error: Some(error),
-                },
-            )
-            .await;
-            return Ran::default();
+            return self.fail(id, error).await;
         }
         let client = self.client.clone();
         if let Err(e) = self.report("start", id, false, || client.start(id)).await {
@@ -377,15 +369,7 @@ impl Worker {
             Err(e) => {
                 tracing::error!(build_id = id, error = %e, "could not start the build command");
                 let error = format!("the worker could not start its build command: {e}");
-                self.complete(
-                    id,
-                    CompleteBuild {
-                        success: false,
-                        error: Some(error),
-                    },
-                )
-                .await;
-                return Ran::default();
+                return self.fail(id, error).await;
             }
         };
         tracing::info!(build_id = id, pid, work_dir = %work_dir.display(), "build command started");
@@ -540,6 +524,16 @@ impl Worker {
             d.push(sample(seq, counter, percent, memory_mb, interval));
         }
         (ended, meter, seq)
+    }
+
+    /// Reports build `id` failed with `error` before it ran.
+    async fn fail(&mut self, id: i64, error: String) -> Ran {
+        let body = CompleteBuild {
+            success: false,
+            error: Some(error),
+        };
+        self.complete(id, body).await;
+        Ran::default()
     }
 
     async fn complete(&mut self, id: i64, body: CompleteBuild) {
