@@ -60,8 +60,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The database could not be opened or migrated.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Database(#[from] crate::storage::OpenError),
     /// Listening, serving or the admin key file failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -97,6 +97,38 @@ pub struct DailyRow {
     pub cpu_micros: i64,
 }
 
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL names a database this controller does not serve. Only the
+    /// scheme is shown: the rest of a URL may hold a password.
+    #[error("`{scheme}:` database URLs are not served by this controller; use sqlite://PATH")]
+    Unsupported {
+        /// The URL's scheme.
+        scheme: String,
+    },
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Checks that `url` names a backend this controller serves, before anything
+/// touches the disk (sqlx would read `postgres://host/db` as a file path).
+pub fn check_url(url: &str) -> std::result::Result<(), OpenError> {
+    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+    if scheme.eq_ignore_ascii_case("sqlite") {
+        Ok(())
+    } else {
+        Err(OpenError::Unsupported {
+            scheme: scheme
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '+')
+                .take(32)
+                .collect(),
+        })
+    }
+}
+
 /// The controller's database. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -110,7 +142,8 @@ enum Backend {
 
 impl Storage {
     /// Opens the database at `url`, creating and migrating it when needed.
-    pub async fn open(url: &str) -> std::result::Result<Storage, sqlx::Error> {
+    pub async fn open(url: &str) -> std::result::Result<Storage, OpenError> {
+        check_url(url)?;
         Ok(Storage {
             backend: Backend::Sqlite(sqlite::open(url).await?),
         })
@@ -246,5 +279,6 @@ impl Storage {
 /// `freeagent purge`: retention on the database at `url` without a
 /// controller, batch by batch; `cutoff_at` gives the cutoff for a time.
 pub async fn purge(url: &str, cutoff_at: impl Fn(i64) -> i64, grace_ms: i64) -> Result<u64> {
+    check_url(url).map_err(|e| crate::error::AppError::BadRequest(e.to_string()))?;
     sqlite::purge_database(url, cutoff_at, grace_ms).await
 }
