@@ -8,7 +8,7 @@
 //! one request at a time, 64 connections of single-sample telemetry spent
 //! most of their time in those hand-offs (a third of both cores idle).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use futures::FutureExt;
 use sqlx::SqliteConnection;
@@ -16,13 +16,11 @@ use sqlx::SqliteConnection;
 use super::builds::{load_attempts, load_builds};
 use super::figures::apply_ledger;
 use super::Database;
-use crate::builds::{telemetry_attempt, AttemptRow, BuildRow};
-use crate::error::{AppError, Result};
-use crate::ledger::{day_of, DayDelta, LedgerDelta, TotalsDelta};
-use crate::stats::accounting::AttemptCpu;
+use crate::error::Result;
 use crate::storage::TelemetryRequest;
-use crate::telemetry::{check_ranges, Bounds, TelemetryBody, DEFAULT_INTERVAL_S};
-use crate::wire::{Rejection, Snapshot, StoredSnapshot, TelemetryAnswer};
+use crate::telemetry::batch::{build_ids, AttemptUpdate, BuildUpdate, Candidate, Plan, SampleKey};
+use crate::telemetry::DEFAULT_INTERVAL_S;
+use crate::wire::{StoredSnapshot, TelemetryAnswer};
 
 /// Rows per multi-row insert: 9 parameters each stays far below SQLite's
 /// limit of 32,766 bound parameters.
@@ -56,229 +54,48 @@ impl Database {
     }
 }
 
-/// A build's figures as the batch changes them, in arrival order.
-struct BuildProgress {
-    row: BuildRow,
-    /// Every attempt of the build.
-    attempts: Vec<AttemptProgress>,
-    accepted: i64,
-    /// `sampledAt` and `cpuPercent` of the newest sample this batch stored,
-    /// when newer than every sample stored before.
-    newest: Option<(i64, f64)>,
-    /// When the first accepted sample of this batch arrived.
-    first_received: Option<i64>,
-}
-
-/// One attempt's figures as the batch changes them.
-struct AttemptProgress {
-    row: AttemptRow,
-    /// Its CPU time before this batch, µs.
-    cpu_before: i64,
-    /// Seqs offered to the insert by this batch (the first offer wins).
-    offered: HashSet<i64>,
-    accepted: i64,
-}
-
-impl AttemptProgress {
-    /// How much this batch changed the attempt's CPU time, µs.
-    fn cpu_delta(&self) -> i64 {
-        self.row.cpu().micros() - self.cpu_before
-    }
-}
-
-/// A sample that passed every check, waiting for the insert's verdict.
-struct Candidate {
-    request: usize,
-    build_id: i64,
-    attempt: i64,
-    sample: Snapshot,
-    received_at: i64,
-}
-
 async fn store_batch(
     conn: &mut SqliteConnection,
     requests: Vec<TelemetryRequest>,
     grace_ms: i64,
 ) -> Result<Vec<Result<TelemetryAnswer>>> {
-    let mut ids: Vec<i64> = requests.iter().map(|r| r.build_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut attempts: HashMap<i64, Vec<AttemptProgress>> = HashMap::new();
-    for row in load_attempts(conn, &ids).await? {
-        attempts
-            .entry(row.build_id)
-            .or_default()
-            .push(AttemptProgress {
-                cpu_before: row.cpu().micros(),
-                offered: HashSet::new(),
-                accepted: 0,
-                row,
-            });
-    }
-    let mut builds: HashMap<i64, BuildProgress> = load_builds(conn, &ids)
-        .await?
-        .into_iter()
-        .map(|row| {
-            let progress = BuildProgress {
-                attempts: attempts.remove(&row.id).unwrap_or_default(),
-                accepted: 0,
-                newest: None,
-                first_received: None,
-                row,
-            };
-            (progress.row.id, progress)
-        })
-        .collect();
-
-    let mut answers = Vec::with_capacity(requests.len());
-    let mut candidates = Vec::new();
-    for (request, incoming) in requests.into_iter().enumerate() {
-        let Some(build) = builds.get_mut(&incoming.build_id) else {
-            answers.push(Err(AppError::unknown_build()));
-            continue;
-        };
-        let held = telemetry_attempt(
-            &build.row,
-            build.attempts.iter().map(|a| &a.row),
-            incoming.worker.id,
-            incoming.now,
-            grace_ms,
+    let ids = build_ids(&requests);
+    let attempts = load_attempts(conn, &ids).await?;
+    let builds = load_builds(conn, &ids).await?;
+    let mut plan = Plan::new(requests, builds, attempts, grace_ms);
+    for event in &plan.events {
+        sqlx::query(
+            "INSERT INTO build_events (build_id, type, at, data, received_at) VALUES (?, ?, ?, ?, ?)",
         )
-        .map(|a| (a.attempt, a.assigned_at));
-        let (attempt_number, attempt_assigned_at) = match held {
-            Ok(held) => held,
-            Err(refusal) => {
-                answers.push(Err(refusal));
-                continue;
-            }
-        };
-        let samples = match incoming.body {
-            TelemetryBody::Event { kind, at, data } => {
-                sqlx::query(
-                    "INSERT INTO build_events (build_id, type, at, data, received_at) VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(incoming.build_id)
-                .bind(kind)
-                .bind(at)
-                .bind(data)
-                .bind(incoming.now)
-                .execute(&mut *conn)
-                .await?;
-                answers.push(Ok(TelemetryAnswer::default()));
-                continue;
-            }
-            TelemetryBody::Samples(samples) => samples,
-        };
-        let bounds = Bounds {
-            cpu_cores: incoming.worker.cpu_cores,
-            memory_mb: incoming.worker.memory_mb,
-            assigned_at: attempt_assigned_at.unwrap_or(build.row.submitted_at),
-            now: incoming.now,
-        };
-        let has_tombstones = build.row.has_tombstones;
-        let Some(attempt) = build
-            .attempts
-            .iter_mut()
-            .find(|a| a.row.attempt == attempt_number)
-        else {
-            answers.push(Err(AppError::Unavailable));
-            continue;
-        };
-        let mut answer = TelemetryAnswer::default();
-        for (index, sample) in samples.into_iter().enumerate() {
-            match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
-                Ok(sample) if !attempt.offered.insert(sample.seq) => answer.duplicates += 1,
-                Ok(sample)
-                    if has_tombstones
-                        && is_tombstoned(conn, incoming.build_id, attempt_number, sample.seq)
-                            .await? =>
-                {
-                    answer.duplicates += 1;
-                }
-                Ok(sample) => candidates.push(Candidate {
-                    request,
-                    build_id: incoming.build_id,
-                    attempt: attempt_number,
-                    sample,
-                    received_at: incoming.now,
-                }),
-                Err(error) => answer.rejected.push(Rejection { index, error }),
-            }
-        }
-        answers.push(Ok(answer));
+        .bind(event.build_id)
+        .bind(&event.kind)
+        .bind(event.at)
+        .bind(&event.data)
+        .bind(event.received_at)
+        .execute(&mut *conn)
+        .await?;
     }
-
-    let inserted = insert_samples(conn, &candidates).await?;
-    for candidate in candidates {
-        let Some(Ok(answer)) = answers.get_mut(candidate.request) else {
-            continue;
-        };
-        let Some(build) = builds.get_mut(&candidate.build_id) else {
-            continue;
-        };
-        let key = (candidate.build_id, candidate.attempt, candidate.sample.seq);
-        if !inserted.contains(&key) {
-            answer.duplicates += 1;
-            continue;
-        }
-        answer.accepted += 1;
-        build.accept(candidate.attempt, &candidate.sample, candidate.received_at);
-    }
-
-    let changed: Vec<&BuildProgress> = builds.values().filter(|b| b.accepted > 0).collect();
-    update_attempts(conn, &changed).await?;
-    update_builds(conn, &changed).await?;
-    for build in changed {
-        if let (true, Some(done)) = (build.row.status.is_finished(), build.row.completed_at) {
-            let day = DayDelta {
-                cpu_micros: build.cpu_delta(),
-                ..DayDelta::default()
-            };
-            let delta = LedgerDelta {
-                day: Some((day_of(done), day)),
-                ..LedgerDelta::default()
-            };
-            apply_ledger(conn, &delta).await?;
+    let mut tombstoned = HashSet::new();
+    for candidate in plan.candidates.iter().filter(|c| c.check_tombstone) {
+        let (build, attempt, seq) = candidate.key();
+        if is_tombstoned(conn, build, attempt, seq).await? {
+            tombstoned.insert(candidate.key());
         }
     }
-    Ok(answers)
+    plan.drop_tombstoned(&tombstoned);
+    let stored = insert_samples(conn, &plan.candidates).await?;
+    let settled = plan.settle(&stored);
+    update_attempts(conn, &settled.attempts).await?;
+    update_builds(conn, &settled.builds).await?;
+    for delta in &settled.ledger {
+        apply_ledger(conn, delta).await?;
+    }
+    Ok(settled.answers)
 }
 
-impl BuildProgress {
-    /// How much this batch changed the build's CPU time, µs: the sum of
-    /// its attempts' changes.
-    fn cpu_delta(&self) -> i64 {
-        self.attempts.iter().map(AttemptProgress::cpu_delta).sum()
-    }
-
-    /// Folds a newly stored sample of `attempt` into the attempt's and the
-    /// build's figures, as SPEC defines them.
-    fn accept(&mut self, attempt: i64, sample: &Snapshot, received_at: i64) {
-        if let Some(progress) = self.attempts.iter_mut().find(|a| a.row.attempt == attempt) {
-            let mut cpu: AttemptCpu = progress.row.cpu();
-            cpu.add_sample(sample.cpu_percent, sample.interval_s, sample.cpu_time_s);
-            progress.row.set_cpu(cpu);
-            progress.accepted += 1;
-        }
-        let row = &mut self.row;
-        self.accepted += 1;
-        row.peak_memory_mb = Some(
-            row.peak_memory_mb
-                .map_or(sample.memory_mb, |p| p.max(sample.memory_mb)),
-        );
-        // "Newest" is the largest sampledAt; of equal ones, the first stored.
-        let newest_at = self.newest.map(|(at, _)| at).or(row.newest_sampled_at);
-        if newest_at.is_none_or(|at| sample.sampled_at > at) {
-            self.newest = Some((sample.sampled_at, sample.cpu_percent));
-        }
-        self.first_received.get_or_insert(received_at);
-    }
-}
-
-/// Writes the changed builds' figures and the network's CPU total: one
-/// statement list per [`BUILDS_PER_UPDATE`] builds.
-async fn update_builds(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -> Result<()> {
-    let mut cpu_delta = 0;
+/// Writes the changed builds' figures: one statement per
+/// [`BUILDS_PER_UPDATE`] builds.
+async fn update_builds(conn: &mut SqliteConnection, builds: &[BuildUpdate]) -> Result<()> {
     for chunk in builds.chunks(BUILDS_PER_UPDATE) {
         let mut sql = String::from(
             "UPDATE builds SET cpu_micros = cpu_micros + v.column2,
@@ -292,35 +109,24 @@ async fn update_builds(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -
         sql.push_str(") AS v WHERE builds.id = v.column1");
         let mut query = sqlx::query(&sql);
         for build in chunk {
-            let newest = build.newest;
-            let build_cpu_delta = build.cpu_delta();
-            cpu_delta += build_cpu_delta;
             query = query
-                .bind(build.row.id)
-                .bind(build_cpu_delta)
-                .bind(build.row.peak_memory_mb)
+                .bind(build.id)
+                .bind(build.cpu_delta)
+                .bind(build.peak_memory_mb)
                 .bind(build.accepted)
-                .bind(newest.map(|n| n.0))
-                .bind(newest.map(|n| n.1))
+                .bind(build.newest.map(|n| n.0))
+                .bind(build.newest.map(|n| n.1))
                 .bind(build.first_received);
         }
         query.execute(&mut *conn).await?;
     }
-    let totals = TotalsDelta {
-        cpu_micros: cpu_delta,
-        ..TotalsDelta::default()
-    };
-    apply_ledger(conn, &LedgerDelta { totals, day: None }).await
+    Ok(())
 }
 
 /// Writes the changed attempts' CPU accounting: one statement per
 /// [`BUILDS_PER_UPDATE`] attempts.
-async fn update_attempts(conn: &mut SqliteConnection, builds: &[&BuildProgress]) -> Result<()> {
-    let changed: Vec<&AttemptRow> = builds
-        .iter()
-        .flat_map(|b| b.attempts.iter().filter(|a| a.accepted > 0).map(|a| &a.row))
-        .collect();
-    for chunk in changed.chunks(BUILDS_PER_UPDATE) {
+async fn update_attempts(conn: &mut SqliteConnection, attempts: &[AttemptUpdate]) -> Result<()> {
+    for chunk in attempts.chunks(BUILDS_PER_UPDATE) {
         let mut sql = String::from(
             "UPDATE attempts SET cpu_percent_micros = v.column3, cpu_counter_micros = v.column4
              FROM (VALUES ",
@@ -332,8 +138,8 @@ async fn update_attempts(conn: &mut SqliteConnection, builds: &[&BuildProgress])
             query = query
                 .bind(attempt.build_id)
                 .bind(attempt.attempt)
-                .bind(attempt.cpu_percent_micros)
-                .bind(attempt.cpu_counter_micros);
+                .bind(attempt.cpu.percent_micros)
+                .bind(attempt.cpu.counter_micros);
         }
         query.execute(&mut *conn).await?;
     }
@@ -401,7 +207,7 @@ impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Stored {
 async fn insert_samples(
     conn: &mut SqliteConnection,
     candidates: &[Candidate],
-) -> Result<HashSet<(i64, i64, i64)>> {
+) -> Result<HashSet<SampleKey>> {
     let mut inserted = HashSet::with_capacity(candidates.len());
     for chunk in candidates.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(

@@ -1,7 +1,9 @@
 //! Telemetry bodies as SPEC defines them, pure: parsing the current batch
 //! and the legacy Swift body (a bad sample is rejected alone), and the range
-//! checks of each sample. Shared by the ingest route and every storage
-//! backend.
+//! checks of each sample; [`batch`], what a batch of requests does to the
+//! figures. Shared by the ingest route and every storage backend.
+
+pub mod batch;
 
 use serde_json::{Map, Value};
 
