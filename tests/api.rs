@@ -1065,7 +1065,7 @@ async fn unknown_build_is_404() {
 #[tokio::test]
 async fn telemetry_after_grace_is_409() {
     let app = TestApp::builder()
-        .telemetry_grace(Duration::from_secs(1))
+        .with_args(|a| a.telemetry_grace = Duration::from_secs(1))
         .start()
         .await;
     let worker = linux_worker(&app).await;
@@ -1111,7 +1111,7 @@ async fn telemetry_after_grace_is_409() {
 #[tokio::test]
 async fn cancelled_build_takes_backlog_within_grace() {
     let app = TestApp::builder()
-        .telemetry_grace(Duration::from_secs(1))
+        .with_args(|a| a.telemetry_grace = Duration::from_secs(1))
         .start()
         .await;
     let worker = linux_worker(&app).await;
@@ -1468,7 +1468,10 @@ async fn invalid_submit_and_complete_values_are_422() {
 /// accepted after waiting, and another worker is not limited.
 #[tokio::test]
 async fn telemetry_rate_limit_is_429_with_retry_after() {
-    let app = TestApp::builder().telemetry_rate(1).start().await;
+    let app = TestApp::builder()
+        .with_args(|a| a.telemetry_rate = 1)
+        .start()
+        .await;
     let worker = linux_worker(&app).await;
     let other = linux_worker(&app).await;
     let claimed = app.running_build(&worker, LINUX).await;
@@ -1592,7 +1595,10 @@ enum Bad {
 /// Worker: 4 cores, 8192 MiB.
 #[tokio::test]
 async fn each_invalid_sample_class_is_rejected_alone() {
-    let app = TestApp::builder().telemetry_rate(10_000).start().await;
+    let app = TestApp::builder()
+        .with_args(|a| a.telemetry_rate = 10_000)
+        .start()
+        .await;
     let worker = linux_worker(&app).await;
     use Bad::{Make, Remove, Set};
     let classes: Vec<(&str, Bad)> = vec![
@@ -2112,7 +2118,7 @@ async fn counter_replaces_percent_estimate() {
 #[tokio::test]
 async fn stats_are_at_most_stats_ttl_old() {
     let app = TestApp::builder()
-        .stats_ttl(Duration::from_millis(500))
+        .with_args(|a| a.stats_ttl = Duration::from_millis(500))
         .start()
         .await;
     assert_eq!(app.stats().await.builds_queued, 0);
@@ -2167,7 +2173,7 @@ async fn cpu_cores_busy_uses_newest_fresh_sample() {
 #[tokio::test]
 async fn nodes_online_counts_from_the_last_call() {
     let app = TestApp::builder()
-        .online_window(Duration::from_secs(2))
+        .with_args(|a| a.online_window = Duration::from_secs(2))
         .start()
         .await;
     let worker = linux_worker(&app).await;
@@ -2187,7 +2193,7 @@ async fn nodes_online_counts_from_the_last_call() {
 #[tokio::test]
 async fn nodes_online_follows_the_online_window() {
     let app = TestApp::builder()
-        .online_window(Duration::from_secs(1))
+        .with_args(|a| a.online_window = Duration::from_secs(1))
         .start()
         .await;
     let first = linux_worker(&app).await;
@@ -2209,7 +2215,7 @@ async fn nodes_online_follows_the_online_window() {
 #[tokio::test]
 async fn lost_worker_build_is_requeued_then_failed() {
     let app = TestApp::builder()
-        .lease_timeout(Duration::from_secs(1))
+        .with_args(|a| a.lease_timeout = Duration::from_secs(1))
         .start()
         .await;
     let build = app.submit_build(LINUX).await;
@@ -2286,7 +2292,7 @@ async fn lost_worker_build_is_requeued_then_failed() {
 #[tokio::test]
 async fn authenticated_calls_keep_the_lease() {
     let app = TestApp::builder()
-        .lease_timeout(Duration::from_secs(1))
+        .with_args(|a| a.lease_timeout = Duration::from_secs(1))
         .start()
         .await;
     let worker = linux_worker(&app).await;

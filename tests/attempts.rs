@@ -77,7 +77,7 @@ async fn wait_for_requeue(app: &TestApp, id: i64, attempt: i64) -> BuildView {
 /// Also returns A's whole run, seqs 1 to 4 (up to 2.0).
 async fn requeued_by_reaper() -> (TestApp, Worker, Claimed, Vec<Snapshot>) {
     let app = TestApp::builder()
-        .lease_timeout(Duration::from_secs(1))
+        .with_args(|a| a.lease_timeout = Duration::from_secs(1))
         .start()
         .await;
     let a = linux_worker(&app).await;
@@ -267,7 +267,7 @@ async fn ended_attempt_delivers_its_backlog() {
 #[tokio::test]
 async fn ended_attempt_closes_after_the_grace_period() {
     let app = TestApp::builder()
-        .telemetry_grace(Duration::from_millis(800))
+        .with_args(|a| a.telemetry_grace = Duration::from_millis(800))
         .start()
         .await;
     let a = linux_worker(&app).await;

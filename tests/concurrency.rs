@@ -71,7 +71,12 @@ async fn many_workers_polling_at_once_claim_each_build_exactly_once() {
 /// stored and every figure equals the recomputation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_telemetry_writers_lose_nothing() {
-    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    let app = Arc::new(
+        TestApp::builder()
+            .with_args(|a| a.telemetry_rate = 1_000_000)
+            .start()
+            .await,
+    );
     const BUILDS: usize = 8;
     const SAMPLES: i64 = 160;
     let mut running = Vec::new();
@@ -148,7 +153,12 @@ async fn concurrent_telemetry_writers_lose_nothing() {
 /// duplicate everywhere else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_replays_count_each_sample_once() {
-    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    let app = Arc::new(
+        TestApp::builder()
+            .with_args(|a| a.telemetry_rate = 1_000_000)
+            .start()
+            .await,
+    );
     let worker = app.register_worker(&["linux"], 8, 16_384).await;
     let claimed = app.running_build(&worker, "linux").await;
     const COPIES: usize = 12;
@@ -191,7 +201,12 @@ async fn simultaneous_replays_count_each_sample_once() {
 /// acknowledged, and replaying it all afterwards stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_during_ingestion_loses_nothing() {
-    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    let app = Arc::new(
+        TestApp::builder()
+            .with_args(|a| a.telemetry_rate = 1_000_000)
+            .start()
+            .await,
+    );
     let worker = app.register_worker(&["linux"], 8, 16_384).await;
     let claimed = app.running_build(&worker, "linux").await;
     let all: Vec<Snapshot> = (1..=300)
@@ -365,7 +380,12 @@ async fn cancels_racing_claims_keep_counts_exact() {
 /// and in the totals, as the recomputation from raw rows says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_racing_complete_keeps_daily_exact() {
-    let app = Arc::new(TestApp::builder().telemetry_rate(1_000_000).start().await);
+    let app = Arc::new(
+        TestApp::builder()
+            .with_args(|a| a.telemetry_rate = 1_000_000)
+            .start()
+            .await,
+    );
     const BUILDS: usize = 10;
     let mut tasks = Vec::new();
     let barrier = Arc::new(Barrier::new(BUILDS * 2));
@@ -438,8 +458,10 @@ async fn telemetry_racing_complete_keeps_daily_exact() {
 async fn refusals_stored_beside_accepted_telemetry_change_nothing_else() {
     let app = Arc::new(
         TestApp::builder()
-            .telemetry_rate(1_000_000)
-            .telemetry_grace(std::time::Duration::ZERO)
+            .with_args(|a| {
+                a.telemetry_rate = 1_000_000;
+                a.telemetry_grace = std::time::Duration::ZERO;
+            })
             .start()
             .await,
     );

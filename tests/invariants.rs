@@ -124,7 +124,10 @@ struct Sim {
 
 impl Sim {
     async fn new(seed: u64) -> Sim {
-        let app = TestApp::builder().telemetry_rate(100_000).start().await;
+        let app = TestApp::builder()
+            .with_args(|a| a.telemetry_rate = 100_000)
+            .start()
+            .await;
         let mut workers = Vec::new();
         for (platforms, cores, memory) in [
             (vec!["linux"], 4, 8192),
@@ -1019,7 +1022,11 @@ fn arrival_order_and_batching_do_not_change_figures() {
         .enable_all()
         .build()
         .unwrap();
-    let app = runtime.block_on(TestApp::builder().telemetry_rate(100_000).start());
+    let app = runtime.block_on(
+        TestApp::builder()
+            .with_args(|a| a.telemetry_rate = 100_000)
+            .start(),
+    );
     let worker = runtime.block_on(app.register_worker(&["linux"], 8, 16_384));
     // (offset s, cpuPercent, memoryMb, counter share or none, intervalS)
     let sample_values = prop::collection::vec(

@@ -153,33 +153,11 @@ pub struct TestAppBuilder {
 }
 
 impl TestAppBuilder {
-    /// `--lease-timeout`.
-    pub fn lease_timeout(mut self, value: Duration) -> Self {
-        self.args_edit
-            .push(Box::new(move |a| a.lease_timeout = value));
-        self
-    }
-    /// `--telemetry-grace`.
-    pub fn telemetry_grace(mut self, value: Duration) -> Self {
-        self.args_edit
-            .push(Box::new(move |a| a.telemetry_grace = value));
-        self
-    }
-    /// `--telemetry-rate`.
-    pub fn telemetry_rate(mut self, value: u32) -> Self {
-        self.args_edit
-            .push(Box::new(move |a| a.telemetry_rate = value));
-        self
-    }
-    /// `--online-window`.
-    pub fn online_window(mut self, value: Duration) -> Self {
-        self.args_edit
-            .push(Box::new(move |a| a.online_window = value));
-        self
-    }
-    /// `--stats-ttl`.
-    pub fn stats_ttl(mut self, value: Duration) -> Self {
-        self.args_edit.push(Box::new(move |a| a.stats_ttl = value));
+    /// Changes the controller's flags before it starts, on top of the
+    /// defaults (and of earlier `with_args`):
+    /// `.with_args(|a| a.lease_timeout = Duration::from_secs(1))`.
+    pub fn with_args(mut self, edit: impl FnOnce(&mut ServeArgs) + 'static) -> Self {
+        self.args_edit.push(Box::new(edit));
         self
     }
 
