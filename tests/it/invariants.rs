@@ -1,4 +1,3 @@
-#![cfg(feature = "ssr")]
 //! SPEC's invariants under seeded random sequences of lifecycle calls and
 //! telemetry (replays, out-of-order batches, lost samples, legacy and
 //! current bodies, invalid samples mixed in, releases that requeue a build
@@ -14,14 +13,12 @@
 //!
 //! Replays of earlier requests and purges are steps too, each checked to
 //! change no figure. A failure prints the seed and step; rerun one seed with
-//! `FREEAGENT_SEED=<n> cargo test --features ssr --test invariants`, and add
-//! `FREEAGENT_TRACE=1 ... -- --nocapture` to see every step.
-
-mod common;
+//! `FREEAGENT_SEED=<n> cargo test --features ssr --test it invariants::`,
+//! and add `FREEAGENT_TRACE=1 ... -- --nocapture` to see every step.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
+use crate::common::*;
 use freeagent::stats::NetworkStats;
 use freeagent::wire::{BuildView, Snapshot};
 use rand::rngs::StdRng;

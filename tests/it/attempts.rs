@@ -1,4 +1,3 @@
-#![cfg(feature = "ssr")]
 //! Attempts: a build that goes back to the queue (the lease reaper, or its
 //! worker releasing it) runs again as its next attempt, whose worker numbers
 //! its samples from 1 and whose `cpuTimeS` starts from its own zero. Every
@@ -6,11 +5,9 @@
 //! CPU seconds are the sum of its attempts', and a worker whose attempt
 //! ended delivers that attempt's backlog for the grace period.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use freeagent::wire::{BuildView, Snapshot};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -6,8 +6,6 @@
 //! the shell builtin `times`, which prints the user and system time of the
 //! shell and of every child it waited for (times(2)).
 
-#![cfg(feature = "ssr")]
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,14 +1,11 @@
-#![cfg(feature = "ssr")]
 //! Concurrency: workers polling at the same instant never share a build, and
 //! concurrent telemetry writers (also replaying the same batch, also while a
 //! retention pass runs) lose nothing and count nothing twice.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use freeagent::wire::Snapshot;
 use reqwest::StatusCode;
 use tokio::sync::Barrier;

@@ -1,10 +1,7 @@
-#![cfg(feature = "ssr")]
 //! The real `freeagent` binary: a 2xx answer means the samples are durable
 //! (they survive SIGKILL at any moment after the answer), the admin key is
 //! generated when none is given, SIGTERM stops the controller cleanly, and
 //! the configuration comes from flags or their environment fallbacks.
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use freeagent::wire::{BuildView, Snapshot, TelemetryAnswer};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,13 +1,10 @@
-#![cfg(feature = "ssr")]
 //! The REST contract of SPEC, route by route: success paths, every status
 //! code with its exact trigger, field limits, auth, telemetry validation,
 //! idempotency, the lease reaper, the daily route and retention.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use freeagent::stats::NetworkStats;
 use freeagent::wire::{BuildView, Snapshot, TelemetryAnswer};
 use reqwest::StatusCode;
