@@ -12,12 +12,6 @@ use freeagent::wire::{BuildView, Snapshot};
 use reqwest::StatusCode;
 use serde_json::json;
 
-const LINUX: &str = "linux";
-
-async fn linux_worker(app: &TestApp) -> Worker {
-    app.register_worker(&[LINUX], 4, 8192).await
-}
-
 /// Counter samples `seq`, one second apart from `assigned_at`, with these
 /// `cpuTimeS` readings (seqs from `first`).
 fn counters(assigned_at: i64, first: i64, readings: &[f64]) -> Vec<Snapshot> {

@@ -39,6 +39,33 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// The platform most tests build for.
+pub const LINUX: &str = "linux";
+
+/// A `linux` worker with 4 cores and 8192 MiB.
+pub async fn linux_worker(app: &TestApp) -> Worker {
+    app.register_worker(&[LINUX], 4, 8192).await
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, at most `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {limit:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An HTTP client for loopback only, with a timeout and no proxy.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -7,7 +7,16 @@
 //! - `common`: `TestApp`, the real controller on `127.0.0.1:0` with a fresh
 //!   SQLite file, its builder and the scenario helpers; the recomputation
 //!   of every figure from raw rows.
-//! - `api`: the REST contract of SPEC, route by route.
+//! - `api_*`: the REST contract of SPEC, one domain a file:
+//!   - `api_server`: health, the page, restart, bad bodies, never a 500;
+//!   - `api_auth`: 401 and 403, secrets stored as hashes;
+//!   - `api_workers`: register, heartbeat, poll;
+//!   - `api_builds`: the build lifecycle and the lease reaper;
+//!   - `api_telemetry`: the telemetry route's limits, grace, rate, legacy
+//!     bodies, and the snapshots route;
+//!   - `api_samples`: sample validation, replays, CPU seconds;
+//!   - `api_stats`: `/api/stats`, `/api/stats/daily`, the server functions;
+//!   - `api_retention`: purge and the background retention pass.
 //! - `attempts`: a requeued or released build runs again as its next attempt.
 //! - `concurrency`: simultaneous polls and telemetry writers.
 //! - `invariants`: seeded random sequences checked against a recomputation.
@@ -17,7 +26,14 @@
 mod common;
 
 mod agent;
-mod api;
+mod api_auth;
+mod api_builds;
+mod api_retention;
+mod api_samples;
+mod api_server;
+mod api_stats;
+mod api_telemetry;
+mod api_workers;
 mod attempts;
 mod concurrency;
 mod crash;

@@ -1,0 +1,139 @@
+//! Workers: `POST /api/workers/register` (and its field limits),
+//! `/heartbeat`, and `/poll` claiming the oldest matching build.
+
+use crate::common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Registering answers 201 `{workerId, token}` and the worker counts as online.
+#[tokio::test]
+async fn register_returns_id_and_token_and_worker_is_online() {
+    let app = TestApp::start().await;
+    let response = app
+        .post_json(
+            "/api/workers/register",
+            Some(ADMIN_KEY),
+            &json!({"name": "mac-mini", "platforms": ["macos", "ios"], "cpuCores": 8, "memoryMb": 16384}),
+        )
+        .await;
+    let body: Value = expect_json(response, StatusCode::CREATED).await;
+    assert!(body["workerId"].is_i64(), "{body}");
+    assert!(
+        body["token"].as_str().is_some_and(|t| t.len() >= 16),
+        "{body}"
+    );
+    let other = app.register_worker(&[LINUX], 2, 1024).await;
+    assert_ne!(Some(other.id), body["workerId"].as_i64());
+    assert_eq!(app.stats().await.nodes_online, 2);
+}
+
+/// A heartbeat answers 200 `{serverTime}` from the controller's clock.
+#[tokio::test]
+async fn heartbeat_returns_server_time() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let before = now_ms();
+    let body: Value = expect_json(
+        app.post_empty("/api/workers/heartbeat", Some(&worker.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let server_time = body["serverTime"].as_i64().expect("serverTime integer");
+    assert!((before - 5..=now_ms() + 5).contains(&server_time), "{body}");
+}
+
+/// Poll claims the oldest pending build of a platform the worker declared,
+/// then 204 when none is left; other platforms stay queued.
+#[tokio::test]
+async fn poll_claims_oldest_matching_build_then_204() {
+    let app = TestApp::start().await;
+    let worker = app.register_worker(&[LINUX, "android"], 4, 8192).await;
+    let mac = app.submit_build("macos").await;
+    let first = app.submit_labelled(LINUX, "first").await;
+    let second = app.submit_build("android").await;
+
+    let claimed = app.claim(&worker).await.expect("a build");
+    assert_eq!(claimed.id, first.id);
+    assert_eq!(claimed.platform, LINUX);
+    assert_eq!(claimed.label.as_deref(), Some("first"));
+    assert_eq!(claimed.attempt, 1);
+    let claimed = app.claim(&worker).await.expect("a build");
+    assert_eq!(claimed.id, second.id);
+    assert_eq!(claimed.label, None);
+    assert!(app.claim(&worker).await.is_none(), "204 when none is left");
+
+    let view = app.build(first.id).await;
+    assert_eq!(view.status, "assigned");
+    assert_eq!(view.worker_id, Some(worker.id));
+    assert_eq!(app.build(mac.id).await.status, "pending");
+    let stats = app.stats().await;
+    assert_eq!((stats.builds_queued, stats.active_builds), (1, 2));
+}
+
+/// Registration values outside SPEC's field limits are 422 and register
+/// nothing; the limits themselves are accepted.
+#[tokio::test]
+async fn invalid_registration_values_are_422() {
+    let app = TestApp::start().await;
+    let ok = json!({"name": "n", "platforms": ["linux"], "cpuCores": 4, "memoryMb": 1024});
+    let with = |key: &str, value: Value| {
+        let mut body = ok.clone();
+        body[key] = value;
+        body
+    };
+    let invalid = [
+        with("name", json!("")),
+        with("name", json!("x".repeat(65))),
+        with("platforms", json!([])),
+        with(
+            "platforms",
+            json!(["a", "b", "c", "d", "e", "f", "g", "h", "i"]),
+        ),
+        with("platforms", json!(["Linux"])),
+        with("platforms", json!(["mac os"])),
+        with("platforms", json!(["ios!"])),
+        with("platforms", json!([""])),
+        with("platforms", json!(["x".repeat(33)])),
+        with("cpuCores", json!(0)),
+        with("cpuCores", json!(1025)),
+        with("cpuCores", json!(-1)),
+        with("cpuCores", json!("4")),
+        with("memoryMb", json!(0)),
+        with("memoryMb", json!(16_777_217)),
+        with("memoryMb", json!(-1024)),
+    ];
+    let mut deviations = Vec::new();
+    for body in &invalid {
+        let response = app
+            .post_json("/api/workers/register", Some(ADMIN_KEY), body)
+            .await;
+        let status = response.status();
+        if status != StatusCode::UNPROCESSABLE_ENTITY {
+            deviations.push(format!("{body} -> {status}"));
+        } else {
+            expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        }
+    }
+    assert!(deviations.is_empty(), "expected 422: {deviations:#?}");
+    assert_eq!(app.stats().await.nodes_online, 0, "nothing registered");
+
+    let limits = json!({
+        "name": "x".repeat(64),
+        "platforms": ["a", "b", "c", "d", "e", "f", "g", "x".repeat(32)],
+        "cpuCores": 1024,
+        "memoryMb": 16_777_216,
+    });
+    let response = app
+        .post_json("/api/workers/register", Some(ADMIN_KEY), &limits)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = app
+        .post_json(
+            "/api/workers/register",
+            Some(ADMIN_KEY),
+            &json!({"name": "é", "platforms": ["a_b-9"], "cpuCores": 1, "memoryMb": 1}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
