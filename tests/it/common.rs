@@ -4,8 +4,6 @@
 //! Also the recomputation of every figure from raw rows (`builds` and
 //! `samples`), which the invariant tests compare against `NetworkStats`.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -212,7 +210,6 @@ impl TestAppBuilder {
             client: client(),
             args,
             database_url,
-            db_path,
             dir,
             server: None,
             pool: tokio::sync::OnceCell::new(),
@@ -237,8 +234,6 @@ pub struct TestApp {
     pub args: ServeArgs,
     /// `sqlite://...` of the database.
     pub database_url: String,
-    /// The SQLite file.
-    pub db_path: PathBuf,
     dir: tempfile::TempDir,
     server: Option<Running>,
     pool: tokio::sync::OnceCell<SqlitePool>,
