@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! Three layers; imports point down only, and no domain imports another.
-//! `tests/layers.rs` reads every `crate::` path in `src/` and fails on one
+//! `tests/it/layers.rs` reads every `crate::` path in `src/` and fails on one
 //! that does not.
 //!
 //! **Shell** (assembles everything; server only):

@@ -22,6 +22,7 @@
 //! - `invariants`: seeded random sequences checked against a recomputation.
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
+//! - `layers`: the crate's imports point one way (reads `src/`).
 
 mod common;
 
@@ -38,3 +39,4 @@ mod attempts;
 mod concurrency;
 mod crash;
 mod invariants;
+mod layers;

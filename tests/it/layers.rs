@@ -112,11 +112,13 @@ fn violation(from: &str, to: &str) -> Option<String> {
     }
     let Some(from_layer) = layer_of(from) else {
         return Some(format!(
-            "`{from}` is in no layer (add it to tests/layers.rs)"
+            "`{from}` is in no layer (add it to tests/it/layers.rs)"
         ));
     };
     let Some(to_layer) = layer_of(to) else {
-        return Some(format!("`{to}` is in no layer (add it to tests/layers.rs)"));
+        return Some(format!(
+            "`{to}` is in no layer (add it to tests/it/layers.rs)"
+        ));
     };
     if to_layer > from_layer {
         Some(format!(
