@@ -111,6 +111,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
         fleet: FleetState {
             storage: storage.clone(),
             lease_timeout: args.lease_timeout,
+            telemetry_grace: args.telemetry_grace,
         },
         ingest: IngestState::start(storage.clone(), grace_ms, args.telemetry_rate),
         figures: FiguresState::new(

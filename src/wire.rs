@@ -45,6 +45,10 @@ pub struct WorkerRegistered {
 pub struct Heartbeat {
     /// The controller's clock, ms since the epoch.
     pub server_time: i64,
+    /// This worker's builds that were cancelled while assigned to it, for
+    /// as long as they accept telemetry: stop them.
+    #[serde(default)]
+    pub cancelled: Vec<i64>,
 }
 
 /// A build handed to a worker by `POST /api/workers/poll`.
@@ -179,6 +183,7 @@ pub struct Rejection {
 
 /// Answer to a telemetry post.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct TelemetryAnswer {
     /// Samples stored now.
     pub accepted: u64,
@@ -186,6 +191,10 @@ pub struct TelemetryAnswer {
     pub duplicates: u64,
     /// Samples refused, each with its reason.
     pub rejected: Vec<Rejection>,
+    /// The build's status now, on answers to samples: a worker whose build
+    /// reads `cancelled` stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_status: Option<String>,
 }
 
 /// Every error body: a sentence a person can act on and a stable code.

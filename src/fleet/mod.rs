@@ -29,6 +29,9 @@ pub struct FleetState {
     pub storage: Storage,
     /// A worker silent this long loses its build back to the queue.
     pub lease_timeout: std::time::Duration,
+    /// How long after a build ended it still takes telemetry (and a
+    /// cancelled one is still listed in its worker's heartbeats).
+    pub telemetry_grace: std::time::Duration,
 }
 
 /// Routes of this domain.
@@ -122,10 +125,16 @@ async fn register(
         .into_response())
 }
 
-async fn heartbeat(Worker(_worker): Worker) -> Json<Heartbeat> {
-    Json(Heartbeat {
-        server_time: now_ms(),
-    })
+async fn heartbeat(
+    State(fleet): State<FleetState>,
+    Worker(worker): Worker,
+) -> Result<Json<Heartbeat>> {
+    let now = now_ms();
+    let since = now - fleet.telemetry_grace.as_millis() as i64;
+    Ok(Json(Heartbeat {
+        server_time: now,
+        cancelled: fleet.storage.cancelled_builds(worker.id, since).await?,
+    }))
 }
 
 async fn poll(State(fleet): State<FleetState>, Worker(worker): Worker) -> Result<Response> {

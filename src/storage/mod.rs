@@ -184,6 +184,14 @@ impl Storage {
         }
     }
 
+    /// The builds assigned to `worker_id` that were cancelled at or after
+    /// `since`, oldest first.
+    pub async fn cancelled_builds(&self, worker_id: i64, since: i64) -> Result<Vec<i64>> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.cancelled_builds(worker_id, since).await,
+        }
+    }
+
     /// Stores a new pending build; returns its id.
     pub async fn submit_build(&self, build: NewBuild) -> Result<i64> {
         match &self.backend {

@@ -214,7 +214,10 @@ impl Plan {
             .iter_mut()
             .find(|a| a.row.attempt == number)
             .ok_or(AppError::Unavailable)?;
-        let mut answer = TelemetryAnswer::default();
+        let mut answer = TelemetryAnswer {
+            build_status: Some(build.row.status.as_str().to_string()),
+            ..TelemetryAnswer::default()
+        };
         for (index, sample) in samples.into_iter().enumerate() {
             match sample.and_then(|s| check_ranges(&s, &bounds).map(|()| s)) {
                 Ok(sample) if !attempt.offered.insert(sample.seq) => answer.duplicates += 1,

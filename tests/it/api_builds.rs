@@ -525,3 +525,57 @@ async fn authenticated_calls_keep_the_lease() {
         );
     }
 }
+
+/// A build cancelled while a worker holds it reaches that worker: its
+/// heartbeats list the build for the telemetry grace period (other workers'
+/// do not), and every telemetry answer carries the build's status.
+#[tokio::test]
+async fn cancellation_reaches_the_worker() {
+    let app = TestApp::builder()
+        .with_args(|a| a.telemetry_grace = Duration::from_millis(1500))
+        .start()
+        .await;
+    let worker = linux_worker(&app).await;
+    let other = linux_worker(&app).await;
+    let build = app.running_build(&worker, LINUX).await;
+    let cancelled = |w: &Worker| {
+        let token = w.token.clone();
+        let app = &app;
+        async move {
+            let beat: freeagent::wire::Heartbeat = expect_json(
+                app.post_empty("/api/workers/heartbeat", Some(&token)).await,
+                StatusCode::OK,
+            )
+            .await;
+            beat.cancelled
+        }
+    };
+    assert_eq!(cancelled(&worker).await, Vec::<i64>::new());
+    let (_, answer) = app
+        .send(
+            &worker,
+            build.id,
+            &[sample(1, build.assigned_at + 1000, 50.0, 10.0)],
+        )
+        .await;
+    assert_eq!(answer.build_status.as_deref(), Some("building"));
+
+    assert_eq!(app.cancel(build.id, ADMIN_KEY).await, StatusCode::OK);
+    assert_eq!(cancelled(&worker).await, vec![build.id]);
+    assert_eq!(cancelled(&other).await, Vec::<i64>::new());
+    let (status, answer) = app
+        .send(
+            &worker,
+            build.id,
+            &[sample(2, build.assigned_at + 2000, 50.0, 10.0)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer.build_status.as_deref(), Some("cancelled"));
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(
+        cancelled(&worker).await,
+        Vec::<i64>::new(),
+        "listed only while it takes telemetry"
+    );
+}

@@ -442,7 +442,7 @@ async fn legacy_cpu_snapshot_is_accepted_once_then_duplicate() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
         answer,
-        json!({"accepted": 1, "duplicates": 0, "rejected": []})
+        json!({"accepted": 1, "duplicates": 0, "rejected": [], "buildStatus": "building"})
     );
     let view = app.build(claimed.id).await;
     assert_eq!(build_figures(&view), (2.1, Some(1024.0), 1));
@@ -453,7 +453,7 @@ async fn legacy_cpu_snapshot_is_accepted_once_then_duplicate() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
         answer,
-        json!({"accepted": 0, "duplicates": 1, "rejected": []})
+        json!({"accepted": 0, "duplicates": 1, "rejected": [], "buildStatus": "building"})
     );
     assert_eq!(app.build(claimed.id).await, view);
     assert_eq!(figures(&app.stats().await), stats);

@@ -614,6 +614,11 @@ impl Sim {
         };
         assert_eq!(status, expected_status, "{context}: {body}");
         assert_eq!(
+            body["buildStatus"],
+            json!(build.status),
+            "the answer tells the build's status {context}: {body}"
+        );
+        assert_eq!(
             body["accepted"],
             json!(accepted),
             "accepted {context}: {body}"
@@ -679,11 +684,9 @@ impl Sim {
         let (status, body) = self.post(&logged).await;
         let context = self.context("legacy cpu_snapshot");
         assert_eq!(status, StatusCode::OK, "{context}: {body}");
-        let expected = if duplicate {
-            json!({"accepted": 0, "duplicates": 1, "rejected": []})
-        } else {
-            json!({"accepted": 1, "duplicates": 0, "rejected": []})
-        };
+        let (accepted, duplicates) = if duplicate { (0, 1) } else { (1, 0) };
+        let expected = json!({"accepted": accepted, "duplicates": duplicates, "rejected": [],
+                              "buildStatus": build.status});
         assert_eq!(body, expected, "{context}");
         if !duplicate {
             self.expected.insert(

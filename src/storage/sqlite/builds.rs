@@ -130,6 +130,18 @@ impl Database {
             .await
     }
 
+    /// See [`crate::storage::Storage::cancelled_builds`].
+    pub async fn cancelled_builds(&self, worker_id: i64, since: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM builds
+             WHERE worker_id = ? AND status = 'cancelled' AND completed_at >= ? ORDER BY id",
+        )
+        .bind(worker_id)
+        .bind(since)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
     /// A build as stored now; 404 when there is none.
     pub async fn build(&self, id: i64) -> Result<BuildRow> {
         let mut conn = self.reads.acquire().await?;
