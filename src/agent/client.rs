@@ -255,6 +255,16 @@ impl Client {
         .map(drop)
     }
 
+    /// `POST /api/builds/{id}/release`: give the build back to the queue.
+    pub async fn release(&self, build: i64) -> Result<(), CallError> {
+        self.send(
+            "release",
+            self.request(Method::POST, &format!("/api/builds/{build}/release")),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `POST /api/builds/{id}/telemetry` with these samples.
     pub async fn telemetry(
         &self,

@@ -258,6 +258,8 @@ struct State {
     in_flight: usize,
     closed: bool,
     stats: DeliveryStats,
+    /// A telemetry answer said the build was cancelled.
+    build_cancelled: bool,
 }
 
 #[derive(Debug)]
@@ -267,6 +269,8 @@ struct Shared {
     wake: Notify,
     /// Wakes flushers: the buffer drained.
     drained: Notify,
+    /// Wakes [`Delivery::cancelled`]: an answer said the build was cancelled.
+    cancelled: Notify,
 }
 
 /// The samples of one build on their way to the controller: `push` from the
@@ -290,9 +294,11 @@ impl Delivery {
                 in_flight: 0,
                 closed: false,
                 stats: DeliveryStats::default(),
+                build_cancelled: false,
             }),
             wake: Notify::new(),
             drained: Notify::new(),
+            cancelled: Notify::new(),
         });
         let delivery = Delivery { shared, build };
         let task = tokio::spawn(delivery.clone().send_loop(client, config));
@@ -326,6 +332,19 @@ impl Delivery {
             }
         }
         self.shared.wake.notify_one();
+    }
+
+    /// Resolves once a telemetry answer said the build reads `cancelled`.
+    pub async fn cancelled(&self) {
+        loop {
+            let cancelled = self.shared.cancelled.notified();
+            tokio::pin!(cancelled);
+            cancelled.as_mut().enable();
+            if self.lock().build_cancelled {
+                return;
+            }
+            cancelled.await;
+        }
     }
 
     /// Samples not yet answered for.
@@ -426,7 +445,12 @@ impl Delivery {
                         duplicates = answer.duplicates,
                         "telemetry delivered"
                     );
+                    let cancelled = answer.build_status.as_deref() == Some("cancelled");
                     let mut state = self.lock();
+                    if cancelled && !state.build_cancelled {
+                        state.build_cancelled = true;
+                        self.shared.cancelled.notify_waiters();
+                    }
                     state.stats.accepted += answer.accepted;
                     state.stats.duplicates += answer.duplicates;
                     state.stats.rejected += answer.rejected.len() as u64;

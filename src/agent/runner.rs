@@ -1,5 +1,8 @@
 //! The worker loop: heartbeat, poll, start, run the volunteer's command as
-//! its own process group while sampling it, flush, complete.
+//! its own process group while sampling it, flush, complete. A build the
+//! controller cancelled (a heartbeat's `cancelled`, a telemetry answer's
+//! `buildStatus`) is ended and reported no further; on SIGINT/SIGTERM the
+//! running build is ended, flushed and given back (`/release`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -106,6 +109,8 @@ struct Worker {
     /// This agent's pid when it is the subreaper of its builds' orphans.
     adopter: Option<i32>,
     shutdown: Shutdown,
+    /// Builds the controller cancelled.
+    cancels: Cancels,
     /// Deliveries still sending a finished build's backlog.
     backlog: Vec<(Delivery, JoinHandle<DeliveryStats>)>,
 }
@@ -113,8 +118,62 @@ struct Worker {
 /// How a build ended, from the agent's side.
 #[derive(Debug, Default)]
 struct Ran {
-    /// The signal cut it short (it was reported failed).
-    cut_short: bool,
+    /// The signal cut it short and it could not be given back: the lease
+    /// reaper will requeue it.
+    unreleased: bool,
+}
+
+/// Builds the controller says were cancelled, as heartbeats list them.
+/// Cheap to clone.
+#[derive(Clone, Default)]
+struct Cancels {
+    ids: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    marked: Arc<tokio::sync::Notify>,
+}
+
+impl Cancels {
+    fn mark(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ids.iter().copied());
+        self.marked.notify_waiters();
+    }
+
+    /// Resolves once build `id` is marked cancelled.
+    async fn wait_for(&self, id: i64) {
+        loop {
+            let marked = self.marked.notified();
+            tokio::pin!(marked);
+            marked.as_mut().enable();
+            if self
+                .ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+            {
+                return;
+            }
+            marked.await;
+        }
+    }
+}
+
+/// Resolves once the controller said build `id` was cancelled: in a
+/// heartbeat answer, or in a telemetry answer of its delivery.
+async fn cancelled_on_controller(cancels: &Cancels, id: i64, delivery: Option<&Delivery>) {
+    match delivery {
+        Some(delivery) => {
+            tokio::select! {
+                _ = cancels.wait_for(id) => {}
+                _ = delivery.cancelled() => {}
+            }
+        }
+        None => cancels.wait_for(id).await,
+    }
 }
 
 /// Runs the worker loop until SIGINT/SIGTERM.
@@ -153,10 +212,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         Err(e) => tracing::warn!(error = %e, "controller not reachable yet; will keep trying"),
         Ok(_) => {}
     }
+    let cancels = Cancels::default();
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),
         args.heartbeat_interval.max(Duration::from_millis(100)),
         shutdown.clone(),
+        cancels.clone(),
     ));
 
     let work_root = match &args.work_root {
@@ -173,6 +234,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         work_root,
         adopter: become_subreaper(),
         shutdown,
+        cancels,
         backlog: Vec::new(),
         args,
     };
@@ -192,27 +254,29 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         // the volunteer's own files.
         let _ = remove_dir(worker.work_root.clone()).await;
     }
-    let cut_short = result?;
-    tracing::info!(cut_short, "worker stopped");
-    Ok(if cut_short {
+    let unreleased = result?;
+    tracing::info!(unreleased, "worker stopped");
+    Ok(if unreleased {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
 }
 
-async fn heartbeat_loop(client: Client, every: Duration, mut shutdown: Shutdown) {
+async fn heartbeat_loop(client: Client, every: Duration, mut shutdown: Shutdown, cancels: Cancels) {
     let mut failing = false;
     loop {
         if !shutdown.sleep(every).await {
             return;
         }
         match client.heartbeat().await {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("heartbeat answered again");
+            Ok(beat) => {
+                cancels.mark(&beat.cancelled);
+                if failing {
+                    failing = false;
+                    tracing::info!("heartbeat answered again");
+                }
             }
-            Ok(_) => {}
             Err(e) if !failing => {
                 failing = true;
                 tracing::warn!(error = %e, "heartbeat failed");
@@ -232,8 +296,8 @@ impl Worker {
         }
     }
 
-    /// Polls and runs builds until the signal; returns whether a build was
-    /// cut short.
+    /// Polls and runs builds until the signal; returns whether a build cut
+    /// short by it could not be given back.
     async fn poll_loop(&mut self) -> Result<bool, AgentError> {
         let mut failures = 0u32;
         while !self.shutdown.is_set() {
@@ -241,7 +305,7 @@ impl Worker {
             match self.client.poll().await {
                 Ok(Some(build)) => {
                     failures = 0;
-                    if self.run_build(build).await.cut_short {
+                    if self.run_build(build).await.unreleased {
                         return Ok(true);
                     }
                 }
@@ -346,9 +410,10 @@ impl Worker {
         let client = self.client.clone();
         if let Err(e) = self.report("start", id, false, || client.start(id)).await {
             tracing::warn!(build_id = id, error = %e, "could not start the build; skipping it");
-            return Ran {
-                cut_short: self.shutdown.is_set(),
-            };
+            if self.shutdown.is_set() {
+                return self.give_back(id).await;
+            }
+            return Ran::default();
         }
 
         let name = format!("build-{id}-{}", build.attempt);
@@ -383,9 +448,21 @@ impl Worker {
                 self.delivery_config(),
             ))
         };
-        let (ended, meter, seq) = self
+        let (ended, meter, seq, cancelled) = self
             .watch_build(id, pid, delivery.as_ref().map(|(d, _)| d))
             .await;
+        if cancelled {
+            // The controller has thrown the build away: nothing more is
+            // reported for it, not even its unsent samples.
+            if let Some((delivery, task)) = delivery {
+                delivery.close();
+                task.abort();
+            }
+            tracing::info!(build_id = id, status = %ended.status, "build cancelled on the controller; its processes ended");
+            let _ = remove_dir(work_dir).await;
+            let _ = tokio::fs::remove_file(&log_path).await;
+            return Ran::default();
+        }
         let cut_short = self.shutdown.is_set() && ended.cut;
 
         let mut stats = DeliveryStats::default();
@@ -405,21 +482,19 @@ impl Worker {
             }
         }
 
-        // A cut build is reported failed rather than left to its lease: a
-        // restarted agent keeps the worker's lease alive, so the build would
-        // otherwise stay `building` for ever.
-        let success = !cut_short && ended.status.success();
+        if cut_short {
+            // Nothing was wrong with the build: it goes back to the queue,
+            // its samples so far delivered, for another machine to run.
+            let ran = self.give_back(id).await;
+            let _ = remove_dir(work_dir).await;
+            let _ = tokio::fs::remove_file(&log_path).await;
+            return ran;
+        }
+        let success = ended.status.success();
         let error = if success {
             None
         } else {
-            let tail = read_tail(&log_path).await;
-            Some(match self.shutdown.reason().filter(|_| cut_short) {
-                Some(reason) => failure_text(
-                    &ExitStatus::Stopped(reason, Box::new(ended.status.clone())),
-                    &tail,
-                ),
-                None => failure_text(&ended.status, &tail),
-            })
+            Some(failure_text(&ended.status, &read_tail(&log_path).await))
         };
         self.complete(id, CompleteBuild { success, error }).await;
         tracing::info!(
@@ -438,7 +513,29 @@ impl Worker {
         );
         let _ = remove_dir(work_dir).await;
         let _ = tokio::fs::remove_file(&log_path).await;
-        Ran { cut_short }
+        Ran::default()
+    }
+
+    /// Gives build `id` back to the queue (`/release`) as the agent stops.
+    async fn give_back(&mut self, id: i64) -> Ran {
+        let client = self.client.clone();
+        match self
+            .report("release", id, true, || client.release(id))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    build_id = id,
+                    reason = self.shutdown.reason().unwrap_or("stop"),
+                    "build given back to the queue"
+                );
+                Ran::default()
+            }
+            Err(e) => {
+                tracing::error!(build_id = id, error = %e, "could not give the build back; the lease reaper will requeue it");
+                Ran { unreleased: true }
+            }
+        }
     }
 
     /// Samples the build until its command exits (ending it on the signal);
@@ -448,7 +545,7 @@ impl Worker {
         id: i64,
         pid: i32,
         delivery: Option<&Delivery>,
-    ) -> (Ended, CpuMeter, i64) {
+    ) -> (Ended, CpuMeter, i64, bool) {
         let interval = self.args.interval;
         let adopter = self.adopter;
         // CPU time of the build's orphans that this agent reaped, µs.
@@ -465,6 +562,8 @@ impl Worker {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
         let mut stopping: Option<JoinHandle<()>> = None;
+        let mut cancelled = false;
+        let cancels = self.cancels.clone();
         let units = self.units;
         let mut ended = loop {
             tokio::select! {
@@ -492,6 +591,11 @@ impl Worker {
                         Ok(Err(e)) => tracing::warn!(build_id = id, error = %e, "could not read /proc; sample skipped"),
                         Err(e) => tracing::warn!(build_id = id, error = %e, "sampler task failed; sample skipped"),
                     }
+                }
+                _ = cancelled_on_controller(&cancels, id, delivery), if stopping.is_none() => {
+                    tracing::warn!(build_id = id, pid, "the build was cancelled on the controller; ending its process group");
+                    cancelled = true;
+                    stopping = Some(tokio::spawn(end_group(pid, adopter, self.args.kill_grace)));
                 }
                 _ = shutdown.wait(), if stopping.is_none() => {
                     tracing::warn!(build_id = id, pid, "ending the build's process group");
@@ -523,7 +627,7 @@ impl Worker {
         if let Some(d) = delivery {
             d.push(sample(seq, counter, percent, memory_mb, interval));
         }
-        (ended, meter, seq)
+        (ended, meter, seq, cancelled)
     }
 
     /// Reports build `id` failed with `error` before it ran.
@@ -615,8 +719,6 @@ pub enum ExitStatus {
     Signal(i32),
     /// Could not be learned.
     Unknown(String),
-    /// The agent ended it on this signal; then it ended so.
-    Stopped(&'static str, Box<ExitStatus>),
 }
 
 impl ExitStatus {
@@ -632,12 +734,6 @@ impl std::fmt::Display for ExitStatus {
             ExitStatus::Code(c) => write!(f, "exit status {c}"),
             ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
             ExitStatus::Unknown(why) => write!(f, "unknown exit status ({why})"),
-            ExitStatus::Stopped(reason, then) => {
-                write!(
-                    f,
-                    "the worker was stopped by {reason} before the build finished ({then})"
-                )
-            }
         }
     }
 }
