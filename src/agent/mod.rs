@@ -132,6 +132,16 @@ pub struct RunArgs {
     /// SIGTERM before they are killed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub kill_grace: Duration,
+
+    /// A build running longer is ended and reported failed ("timed out
+    /// after D") [default: no limit].
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub max_build_time: Option<Duration>,
+
+    /// Niceness the build runs at (0..=19): the higher, the more the
+    /// machine's own work comes first.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
 }
 
 /// Subcommands of `freeagent agent`.
@@ -349,7 +359,7 @@ mod tests {
 
     #[derive(Subcommand, Debug)]
     enum Top {
-        Agent(AgentCommand),
+        Agent(Box<AgentCommand>),
         Simulate(SimulateArgs),
     }
 

@@ -162,6 +162,25 @@ impl Cancels {
     }
 }
 
+/// Why the agent ended a build before its command exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndedBy {
+    /// The controller cancelled it.
+    Cancel,
+    /// It ran past `--max-build-time`.
+    TimeLimit,
+    /// SIGINT or SIGTERM.
+    Signal,
+}
+
+/// Resolves `limit` after `started`; never without a limit.
+async fn sleep_past(started: Instant, limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep_until(started + limit).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once the controller said build `id` was cancelled: in a
 /// heartbeat answer, or in a telemetry answer of its delivery.
 async fn cancelled_on_controller(cancels: &Cancels, id: i64, delivery: Option<&Delivery>) {
@@ -423,8 +442,9 @@ impl Worker {
             let (cmd, work_dir, log_path) =
                 (self.command.clone(), work_dir.clone(), log_path.clone());
             let platform = build.platform.clone();
+            let nice = self.args.nice;
             tokio::task::spawn_blocking(move || {
-                spawn_build(&cmd, id, &platform, &work_dir, &log_path)
+                spawn_build(&cmd, id, &platform, &work_dir, &log_path, nice)
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -448,10 +468,10 @@ impl Worker {
                 self.delivery_config(),
             ))
         };
-        let (ended, meter, seq, cancelled) = self
+        let (ended, meter, seq, ended_by) = self
             .watch_build(id, pid, delivery.as_ref().map(|(d, _)| d))
             .await;
-        if cancelled {
+        if ended_by == Some(EndedBy::Cancel) {
             // The controller has thrown the build away: nothing more is
             // reported for it, not even its unsent samples.
             if let Some((delivery, task)) = delivery {
@@ -463,7 +483,7 @@ impl Worker {
             let _ = tokio::fs::remove_file(&log_path).await;
             return Ran::default();
         }
-        let cut_short = self.shutdown.is_set() && ended.cut;
+        let cut_short = ended_by == Some(EndedBy::Signal);
 
         let mut stats = DeliveryStats::default();
         if let Some((delivery, task)) = delivery {
@@ -490,11 +510,15 @@ impl Worker {
             let _ = tokio::fs::remove_file(&log_path).await;
             return ran;
         }
-        let success = ended.status.success();
-        let error = if success {
-            None
-        } else {
-            Some(failure_text(&ended.status, &read_tail(&log_path).await))
+        let timed_out = ended_by == Some(EndedBy::TimeLimit);
+        let success = !timed_out && ended.status.success();
+        let error = match (success, self.args.max_build_time) {
+            (true, _) => None,
+            (false, Some(limit)) if timed_out => Some(format!(
+                "timed out after {}",
+                humantime::format_duration(limit)
+            )),
+            _ => Some(failure_text(&ended.status, &read_tail(&log_path).await)),
         };
         self.complete(id, CompleteBuild { success, error }).await;
         tracing::info!(
@@ -545,7 +569,7 @@ impl Worker {
         id: i64,
         pid: i32,
         delivery: Option<&Delivery>,
-    ) -> (Ended, CpuMeter, i64, bool) {
+    ) -> (Ended, CpuMeter, i64, Option<EndedBy>) {
         let interval = self.args.interval;
         let adopter = self.adopter;
         // CPU time of the build's orphans that this agent reaped, µs.
@@ -562,8 +586,10 @@ impl Worker {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
         let mut stopping: Option<JoinHandle<()>> = None;
-        let mut cancelled = false;
+        let mut ended_by = None;
         let cancels = self.cancels.clone();
+        let time_limit = self.args.max_build_time;
+        let started = Instant::now();
         let units = self.units;
         let mut ended = loop {
             tokio::select! {
@@ -594,11 +620,17 @@ impl Worker {
                 }
                 _ = cancelled_on_controller(&cancels, id, delivery), if stopping.is_none() => {
                     tracing::warn!(build_id = id, pid, "the build was cancelled on the controller; ending its process group");
-                    cancelled = true;
+                    ended_by = Some(EndedBy::Cancel);
+                    stopping = Some(tokio::spawn(end_group(pid, adopter, self.args.kill_grace)));
+                }
+                _ = sleep_past(started, time_limit), if stopping.is_none() => {
+                    tracing::warn!(build_id = id, pid, "the build ran past --max-build-time; ending its process group");
+                    ended_by = Some(EndedBy::TimeLimit);
                     stopping = Some(tokio::spawn(end_group(pid, adopter, self.args.kill_grace)));
                 }
                 _ = shutdown.wait(), if stopping.is_none() => {
                     tracing::warn!(build_id = id, pid, "ending the build's process group");
+                    ended_by = Some(EndedBy::Signal);
                     stopping = Some(tokio::spawn(end_group(pid, adopter, self.args.kill_grace)));
                 }
             }
@@ -627,7 +659,7 @@ impl Worker {
         if let Some(d) = delivery {
             d.push(sample(seq, counter, percent, memory_mb, interval));
         }
-        (ended, meter, seq, cancelled)
+        (ended, meter, seq, ended_by)
     }
 
     /// Reports build `id` failed with `error` before it ran.
@@ -785,6 +817,7 @@ fn spawn_build(
     platform: &str,
     work_dir: &Path,
     log: &Path,
+    nice: i32,
 ) -> std::io::Result<i32> {
     use std::os::unix::process::CommandExt;
     if work_dir.exists() {
@@ -793,7 +826,19 @@ fn spawn_build(
     std::fs::create_dir_all(work_dir)?;
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    let child = std::process::Command::new("sh")
+    let mut command = std::process::Command::new("sh");
+    // SAFETY: setpriority(2) is async-signal-safe and touches only the
+    // child, between fork and exec; every process of the build inherits it.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let child = command
         .arg("-c")
         .arg(cmd)
         .current_dir(work_dir)
@@ -967,7 +1012,7 @@ mod tests {
         let work = dir.path().join("w");
         let log = dir.path().join("w.log");
         let cmd = "echo \"$FREEAGENT_BUILD_ID $FREEAGENT_PLATFORM\"; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sh -c 'exit 3'";
-        let pid = spawn_build(cmd, 7, "linux", &work, &log).expect("spawns");
+        let pid = spawn_build(cmd, 7, "linux", &work, &log, 10).expect("spawns");
         let ended = tokio::task::spawn_blocking(move || wait_child(pid, false, &AtomicU64::new(0)))
             .await
             .expect("joins");

@@ -778,6 +778,66 @@ async fn cancel_reaches_the_agent(extra: &[&str]) {
         .await;
 }
 
+/// `--max-build-time 3s` ends a 60 s build within 5 s and reports it
+/// failed with "timed out after 3s"; `--nice 15` runs every process of the
+/// build at niceness 15 (read from /proc).
+#[tokio::test]
+async fn volunteer_limits_time_and_niceness() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let agent = Agent::start(
+        &ctl,
+        "limited",
+        "sleep 60 & sleep 60 & wait",
+        &[
+            "--interval",
+            "1s",
+            "--kill-grace",
+            "1s",
+            "--max-build-time",
+            "3s",
+            "--nice",
+            "15",
+        ],
+    );
+    let work_root = dir.path().join("limited-work");
+    let id = ctl.submit("linux").await;
+    ctl.wait_status(id, &["building"], Duration::from_secs(20))
+        .await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(2);
+    let mut niceness = Vec::new();
+    while niceness.len() < 3 && Instant::now() < deadline {
+        niceness = processes_of(&work_root)
+            .into_iter()
+            .filter_map(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // Fields after the command's closing parenthesis; nice is the 19th field.
+                let after = stat.rsplit_once(')')?.1;
+                after.split_whitespace().nth(16)?.parse::<i32>().ok()
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        niceness.len() >= 3,
+        "build processes: {niceness:?}\n{}",
+        agent.log()
+    );
+    assert!(niceness.iter().all(|&n| n == 15), "niceness {niceness:?}");
+    let view = ctl
+        .wait_status(id, &["failed", "completed"], Duration::from_secs(10))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(view.status, "failed");
+    assert_eq!(view.error.as_deref(), Some("timed out after 3s"));
+    assert!(processes_of(&work_root).is_empty(), "{}", agent.log());
+}
+
 /// `freeagent simulate --workers 50` keeps the network's counters moving
 /// and gets nothing but 2xx answers.
 #[tokio::test]
