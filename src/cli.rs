@@ -29,7 +29,7 @@ pub enum Command {
     /// Delete raw samples and events older than the retention period, once.
     Purge(PurgeArgs),
     /// Run the worker agent, or register this machine (`agent register`).
-    Agent(AgentCommand),
+    Agent(Box<AgentCommand>),
     /// Drive a controller with a fleet of simulated workers.
     Simulate(SimulateArgs),
 }
@@ -97,7 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("removed {rows} rows");
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Agent(command)) => Ok(crate::agent::run(command).await?),
+        Some(Command::Agent(command)) => Ok(crate::agent::run(*command).await?),
         Some(Command::Simulate(args)) => Ok(crate::agent::simulate(args).await?),
     }
 }

@@ -53,8 +53,9 @@ pub struct AppState {
 
 /// Where a generated admin key is written.
 pub const ADMIN_KEY_FILE: &str = "data/admin.key";
-/// Longest a request may take before the controller gives up on it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a request may take before the controller gives up on it: above
+/// the longest long poll (`waitS` 60).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Why the controller could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             storage: storage.clone(),
             lease_timeout: args.lease_timeout,
             telemetry_grace: args.telemetry_grace,
+            queue_changed: Arc::default(),
         },
         ingest: IngestState::start(storage.clone(), grace_ms, args.telemetry_rate),
         figures: FiguresState::new(

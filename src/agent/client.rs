@@ -234,6 +234,22 @@ impl Client {
         Ok(Some(answer.build))
     }
 
+    /// `POST /api/workers/poll?waitS=N`: a long poll the controller holds
+    /// open until a build is queued or `wait` (whole seconds, at most 60)
+    /// passes.
+    pub async fn poll_wait(&self, wait: Duration) -> Result<Option<ClaimedBuild>, CallError> {
+        let seconds = wait.as_secs().min(60);
+        let request = self
+            .request(Method::POST, &format!("/api/workers/poll?waitS={seconds}"))
+            .timeout(Duration::from_secs(seconds) + REQUEST_TIMEOUT);
+        let response = self.send("poll", request).await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let answer: PollAnswer = Self::json(response).await?;
+        Ok(Some(answer.build))
+    }
+
     /// `POST /api/builds/{id}/start`.
     pub async fn start(&self, build: i64) -> Result<(), CallError> {
         self.send(

@@ -28,6 +28,14 @@ pub use simulate::SimulateArgs;
 
 pub use crate::clock::parse_duration;
 
+fn parse_poll_wait(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.subsec_nanos() != 0 || d.as_secs() > 60 {
+        return Err(format!("`{text}` must be whole seconds between 0s and 60s"));
+    }
+    Ok(d)
+}
+
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     // The controller takes whole seconds in 1..=300 as `intervalS`.
@@ -95,9 +103,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_telemetry: bool,
 
-    /// How long to wait between polls when no build is waiting.
+    /// How long to wait between polls when no build is waiting (after a
+    /// long poll that the controller did not hold open).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// How long the controller may hold each poll open until a build is
+    /// queued (long polling, whole seconds up to 60; 0s polls without
+    /// waiting): an idle machine then costs about one request per wait.
+    #[arg(long, default_value = "30s", value_parser = parse_poll_wait)]
+    pub poll_wait: Duration,
 
     /// How often the worker tells the controller it is alive, during builds
     /// too (keep it well under the controller's lease timeout, 5m by default).

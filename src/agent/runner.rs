@@ -319,9 +319,16 @@ impl Worker {
     /// short by it could not be given back.
     async fn poll_loop(&mut self) -> Result<bool, AgentError> {
         let mut failures = 0u32;
+        let mut shutdown = self.shutdown.clone();
         while !self.shutdown.is_set() {
             self.backlog.retain(|(_, task)| !task.is_finished());
-            match self.client.poll().await {
+            let asked = Instant::now();
+            let polled = tokio::select! {
+                polled = self.client.poll_wait(self.args.poll_wait) => polled,
+                // A held poll must not keep a stopping agent waiting.
+                _ = shutdown.wait() => break,
+            };
+            match polled {
                 Ok(Some(build)) => {
                     failures = 0;
                     if self.run_build(build).await.unreleased {
@@ -330,8 +337,14 @@ impl Worker {
                 }
                 Ok(None) => {
                     failures = 0;
-                    let wait = self.args.poll_interval;
-                    self.shutdown.sleep(wait).await;
+                    // A controller that held the poll for its wait may be
+                    // asked again at once; one that answered early (no long
+                    // polling) is asked again after the poll interval.
+                    let held = asked.elapsed() + Duration::from_millis(500) >= self.args.poll_wait;
+                    if !held || self.args.poll_wait.is_zero() {
+                        let wait = self.args.poll_interval;
+                        self.shutdown.sleep(wait).await;
+                    }
                 }
                 Err(e) if !e.is_retryable() => {
                     return Err(AgentError::Controller {

@@ -32,6 +32,8 @@ pub struct FleetState {
     /// How long after a build ended it still takes telemetry (and a
     /// cancelled one is still listed in its worker's heartbeats).
     pub telemetry_grace: std::time::Duration,
+    /// Wakes long polls: a build was submitted or went back to the queue.
+    pub queue_changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Routes of this domain.
@@ -137,19 +139,65 @@ async fn heartbeat(
     }))
 }
 
-async fn poll(State(fleet): State<FleetState>, Worker(worker): Worker) -> Result<Response> {
-    Ok(match fleet.storage.claim(worker.id, now_ms()).await? {
-        Some(build) => {
+/// Query of `POST /api/workers/poll`.
+#[derive(serde::Deserialize)]
+struct PollQuery {
+    #[serde(rename = "waitS")]
+    wait_s: Option<String>,
+}
+
+/// Longest `waitS` a poll may hold the request open, seconds.
+pub const MAX_POLL_WAIT_S: u64 = 60;
+
+/// `waitS`: 0 when absent; text that is not a whole number 400; outside
+/// 0..=60 422.
+fn parse_wait(text: Option<&str>) -> Result<std::time::Duration> {
+    let Some(text) = text else {
+        return Ok(std::time::Duration::ZERO);
+    };
+    let seconds = text
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| AppError::BadRequest("waitS must be a whole number of seconds".into()))?;
+    match u64::try_from(seconds) {
+        Ok(s) if s <= MAX_POLL_WAIT_S => Ok(std::time::Duration::from_secs(s)),
+        _ => Err(AppError::Invalid(format!(
+            "waitS must be in 0..={MAX_POLL_WAIT_S}"
+        ))),
+    }
+}
+
+/// Claims the oldest matching build; with `waitS`, holds the request open
+/// until one is submitted or requeued (woken at once) or the wait ends.
+async fn poll(
+    State(fleet): State<FleetState>,
+    Worker(worker): Worker,
+    axum::extract::Query(query): axum::extract::Query<PollQuery>,
+) -> Result<Response> {
+    let wait = parse_wait(query.wait_s.as_deref())?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before the claim, so a build queued in between wakes it.
+        let queued = fleet.queue_changed.notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
+        if let Some(build) = fleet.storage.claim(worker.id, now_ms()).await? {
             tracing::info!(
                 build_id = build.id,
                 worker_id = worker.id,
                 attempt = build.attempt,
                 "build claimed"
             );
-            Json(PollAnswer { build }).into_response()
+            return Ok(Json(PollAnswer { build }).into_response());
         }
-        None => StatusCode::NO_CONTENT.into_response(),
-    })
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::select! {
+            _ = &mut queued => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }
 
 async fn submit(
@@ -182,6 +230,7 @@ async fn submit(
             token_hash: hash_secret(&token),
         })
         .await?;
+    fleet.queue_changed.notify_waiters();
     tracing::info!(build_id = id, "build submitted");
     Ok((
         StatusCode::CREATED,
@@ -284,6 +333,9 @@ async fn release(
         )))
     });
     let view = change(&fleet, &id, decide).await?;
+    if view.status == BuildStatus::Pending.as_str() {
+        fleet.queue_changed.notify_waiters();
+    }
     tracing::info!(build_id = view.id, worker_id = worker.id, "build released");
     Ok(view)
 }

@@ -20,6 +20,9 @@ pub async fn run_reaper(fleet: FleetState) {
         let silent_since = now - lease.as_millis() as i64;
         match fleet.storage.reap_lost_leases(silent_since, now).await {
             Ok(lost) => {
+                if lost.iter().any(|b| b.attempt < MAX_ATTEMPTS) {
+                    fleet.queue_changed.notify_waiters();
+                }
                 for build in lost {
                     tracing::warn!(
                         build_id = build.id,

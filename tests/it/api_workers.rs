@@ -137,3 +137,85 @@ async fn invalid_registration_values_are_422() {
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
 }
+
+/// `waitS` must be a whole number in 0..=60: 61 and -1 are 422, text and
+/// fractions 400; a refused poll claims nothing and changes no figure.
+#[tokio::test]
+async fn poll_wait_bounds() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let build = app.submit_build(LINUX).await;
+    let before = figures(&app.stats().await);
+    for (wait, status, code) in [
+        ("61", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        ("-1", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        (
+            "100000000000000000000",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        ("abc", StatusCode::BAD_REQUEST, "bad_request"),
+        ("1.5", StatusCode::BAD_REQUEST, "bad_request"),
+    ] {
+        let error = expect_error(
+            app.post_empty(
+                &format!("/api/workers/poll?waitS={wait}"),
+                Some(&worker.token),
+            )
+            .await,
+            status,
+        )
+        .await;
+        assert_eq!(error.code, code, "waitS={wait}");
+    }
+    assert_eq!(app.build(build.id).await.status, "pending");
+    assert_eq!(figures(&app.stats().await), before);
+}
+
+/// A long poll (`waitS`) with nothing queued is handed a build submitted
+/// while it waits, at once; with nothing submitted it answers 204 once the
+/// wait is over; a build released by another worker wakes it too.
+#[tokio::test]
+async fn long_poll_is_handed_a_new_build_at_once() {
+    let app = TestApp::start().await;
+    let waiting = linux_worker(&app).await;
+    let started = std::time::Instant::now();
+    let empty = app
+        .post_empty("/api/workers/poll?waitS=1", Some(&waiting.token))
+        .await;
+    assert_eq!(empty.status(), StatusCode::NO_CONTENT);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(950));
+
+    let other = linux_worker(&app).await;
+    for released in [false, true] {
+        // A build held elsewhere before the poll starts, released during it.
+        let held = if released {
+            Some(app.assigned_build(&other, LINUX).await.id)
+        } else {
+            None
+        };
+        let poll = {
+            let url = app.url("/api/workers/poll?waitS=15");
+            let request = client().post(url).bearer_auth(&waiting.token);
+            tokio::spawn(async move { request.send().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let expected = match held {
+            Some(id) => {
+                assert_eq!(app.release(&other, id).await, StatusCode::OK);
+                id
+            }
+            None => app.submit_build(LINUX).await.id,
+        };
+        let queued_at = std::time::Instant::now();
+        let answer = poll.await.expect("poll task").expect("poll answer");
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body: freeagent::wire::PollAnswer = answer.json().await.expect("poll body");
+        assert_eq!(body.build.id, expected);
+        assert!(
+            queued_at.elapsed() < std::time::Duration::from_secs(1),
+            "handed out after {:?}",
+            queued_at.elapsed()
+        );
+    }
+}
