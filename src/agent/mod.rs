@@ -1,11 +1,13 @@
 //! The worker agent and the fleet simulator (SPEC "The worker agent").
-//! Shares only `crate::wire` with the server.
+//! Shares only `crate::wire` (and `clock`, `files`) with the server.
 //!
 //! - [`client`]: the REST calls, with timeouts and a tally of answers.
 //! - [`sampler`]: the build's process tree from `/proc` (pure parsing plus
 //!   one blocking reader run off the async runtime).
 //! - [`delivery`]: buffer, batches, backoff, circuit breaker.
-//! - [`runner`]: the worker loop: heartbeat, poll, start, run, complete.
+//! - [`runner`]: the worker loop: heartbeat, long poll, start, run,
+//!   complete; cancelled builds end, a stopped agent gives its build back.
+//! - [`service`]: `install-service`, the systemd user unit.
 //! - [`simulate`]: many synthetic workers through the same client and
 //!   delivery code.
 
@@ -13,6 +15,7 @@ pub mod client;
 pub mod delivery;
 pub mod runner;
 pub mod sampler;
+pub mod service;
 pub mod simulate;
 
 use std::path::{Path, PathBuf};
@@ -165,6 +168,9 @@ pub enum AgentAction {
     /// Register this machine (its cores and memory) with a controller and
     /// store the worker token in a file readable only by you.
     Register(RegisterArgs),
+    /// Write a systemd user unit that runs the agent with these flags and
+    /// starts it with your session (`--print` shows it instead).
+    InstallService(service::InstallServiceArgs),
 }
 
 /// The controller and its admin key, for `agent register` and `simulate`.
@@ -255,7 +261,12 @@ pub enum AgentError {
 
 /// Where the token lives when `--token-file` is not given.
 pub fn default_token_file() -> Result<PathBuf, AgentError> {
-    let config = std::env::var_os("XDG_CONFIG_HOME")
+    Ok(config_dir()?.join("freeagent").join("worker.token"))
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+pub fn config_dir() -> Result<PathBuf, AgentError> {
+    std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| {
@@ -265,8 +276,7 @@ pub fn default_token_file() -> Result<PathBuf, AgentError> {
         })
         .ok_or_else(|| {
             AgentError::Usage("neither XDG_CONFIG_HOME nor HOME is set; pass --token-file".into())
-        })?;
-    Ok(config.join("freeagent").join("worker.token"))
+        })
 }
 
 fn token_path(given: Option<PathBuf>) -> Result<PathBuf, AgentError> {
@@ -319,6 +329,7 @@ pub async fn read_token(path: &Path) -> Result<String, AgentError> {
 pub async fn run(command: AgentCommand) -> Result<ExitCode, AgentError> {
     match command.action {
         Some(AgentAction::Register(args)) => register(args).await,
+        Some(AgentAction::InstallService(args)) => service::install(args).await,
         None => runner::run(command.run).await,
     }
 }

@@ -845,6 +845,77 @@ async fn volunteer_limits_time_and_niceness() {
     assert!(processes_of(&work_root).is_empty(), "{}", agent.log());
 }
 
+/// `agent install-service --print` prints a systemd user unit that
+/// `systemd-analyze verify --user` accepts (skipped, saying so, where it is
+/// missing), running this agent with the same flags (quotes, `%` and `$`
+/// kept); without `--print` the same unit is written under
+/// `$XDG_CONFIG_HOME/systemd/user`.
+#[tokio::test]
+async fn install_service_writes_a_unit_systemd_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    let args = [
+        "agent",
+        "install-service",
+        "--controller",
+        "http://127.0.0.1:9",
+        "--platform",
+        "linux",
+        "--build-command",
+        r#"make -j4 "all" 100% $HOME"#,
+        "--interval",
+        "10s",
+    ];
+    let printed = Command::new(BIN)
+        .args(args)
+        .arg("--print")
+        .env("XDG_CONFIG_HOME", &config)
+        .output()
+        .expect("install-service --print");
+    assert!(printed.status.success(), "{printed:?}");
+    let unit = String::from_utf8(printed.stdout).expect("utf-8");
+    assert!(
+        unit.contains(r#""agent" "--controller" "http://127.0.0.1:9" "--platform" "linux""#),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(r#""--build-command" "make -j4 \"all\" 100%% $$HOME" "--interval" "10s""#),
+        "{unit}"
+    );
+    assert!(!unit.contains("--print"), "{unit}");
+    assert!(!config.exists(), "--print writes nothing");
+
+    let path = dir.path().join("freeagent-agent.service");
+    fs::write(&path, &unit).expect("unit file");
+    let runtime = dir.path().join("runtime");
+    fs::create_dir(&runtime).expect("runtime dir");
+    match Command::new("systemd-analyze")
+        .args(["verify", "--user"])
+        .arg(&path)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .output()
+    {
+        Ok(verified) => assert!(
+            verified.status.success(),
+            "systemd-analyze verify --user refused the unit:\n{}\n{unit}",
+            String::from_utf8_lossy(&verified.stderr)
+        ),
+        Err(e) => eprintln!("systemd-analyze is not here ({e}); the unit was not verified"),
+    }
+
+    let written = Command::new(BIN)
+        .args(args)
+        .env("XDG_CONFIG_HOME", &config)
+        .output()
+        .expect("install-service");
+    assert!(written.status.success(), "{written:?}");
+    let installed = config.join("systemd/user/freeagent-agent.service");
+    assert_eq!(
+        fs::read_to_string(&installed).ok().as_deref(),
+        Some(unit.as_str())
+    );
+}
+
 /// `freeagent simulate --workers 50` keeps the network's counters moving
 /// and gets nothing but 2xx answers.
 #[tokio::test]
