@@ -83,6 +83,18 @@ impl CallError {
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
     counts: Arc<Mutex<BTreeMap<(&'static str, u16), u64>>>,
+    last: Arc<Mutex<Option<LastAnswer>>>,
+}
+
+/// The controller's latest answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastAnswer {
+    /// Which call.
+    pub route: &'static str,
+    /// Its status, `0` when no answer came.
+    pub status: u16,
+    /// When, ms since the epoch.
+    pub at: i64,
 }
 
 impl Tally {
@@ -90,6 +102,18 @@ impl Tally {
         if let Ok(mut counts) = self.counts.lock() {
             *counts.entry((route, status)).or_default() += 1;
         }
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(LastAnswer {
+                route,
+                status,
+                at: crate::clock::now_ms(),
+            });
+        }
+    }
+
+    /// The latest answer (or failure to get one).
+    pub fn last(&self) -> Option<LastAnswer> {
+        self.last.lock().ok().and_then(|last| *last)
     }
 
     /// A copy of the counts.

@@ -260,6 +260,8 @@ struct State {
     stats: DeliveryStats,
     /// A telemetry answer said the build was cancelled.
     build_cancelled: bool,
+    /// The circuit breaker is open: sends are paused.
+    breaker_open: bool,
 }
 
 #[derive(Debug)]
@@ -295,6 +297,7 @@ impl Delivery {
                 closed: false,
                 stats: DeliveryStats::default(),
                 build_cancelled: false,
+                breaker_open: false,
             }),
             wake: Notify::new(),
             drained: Notify::new(),
@@ -345,6 +348,11 @@ impl Delivery {
             }
             cancelled.await;
         }
+    }
+
+    /// Whether the circuit breaker is open (sends paused).
+    pub fn breaker_open(&self) -> bool {
+        self.lock().breaker_open
     }
 
     /// Samples not yet answered for.
@@ -415,6 +423,7 @@ impl Delivery {
             let last_seq = batch.last().map(|s| s.seq).unwrap_or(0);
             match client.telemetry(self.build, &batch).await {
                 Ok(outcome) => {
+                    self.lock().breaker_open = false;
                     if breaker.on_success() == Some(Transition::Closed) {
                         tracing::info!(
                             build_id = self.build,
@@ -480,7 +489,11 @@ impl Delivery {
                 Err(e) if e.is_retryable() => {
                     self.lock().stats.failures += 1;
                     let now = Instant::now();
-                    match breaker.on_failure(now) {
+                    let transition = breaker.on_failure(now);
+                    if transition.is_some() {
+                        self.lock().breaker_open = true;
+                    }
+                    match transition {
                         Some(Transition::Opened) => tracing::warn!(
                             build_id = self.build,
                             failures = breaker.failures(),

@@ -8,6 +8,7 @@
 //! - [`runner`]: the worker loop: heartbeat, long poll, start, run,
 //!   complete; cancelled builds end, a stopped agent gives its build back.
 //! - [`service`]: `install-service`, the systemd user unit.
+//! - [`status`]: the status file the agent keeps and `agent status`.
 //! - [`simulate`]: many synthetic workers through the same client and
 //!   delivery code.
 
@@ -17,6 +18,7 @@ pub mod runner;
 pub mod sampler;
 pub mod service;
 pub mod simulate;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -171,6 +173,9 @@ pub enum AgentAction {
     /// Write a systemd user unit that runs the agent with these flags and
     /// starts it with your session (`--print` shows it instead).
     InstallService(service::InstallServiceArgs),
+    /// Print what the agent is doing now: its build, unsent samples,
+    /// whether telemetry is paused, the controller's last answer.
+    Status(status::StatusArgs),
 }
 
 /// The controller and its admin key, for `agent register` and `simulate`.
@@ -330,6 +335,7 @@ pub async fn run(command: AgentCommand) -> Result<ExitCode, AgentError> {
     match command.action {
         Some(AgentAction::Register(args)) => register(args).await,
         Some(AgentAction::InstallService(args)) => service::install(args).await,
+        Some(AgentAction::Status(args)) => status::show(args).await,
         None => runner::run(command.run).await,
     }
 }

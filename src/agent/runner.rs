@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::client::{CallError, Client, Tally};
 use super::delivery::{backoff_delay, Delivery, DeliveryConfig, DeliveryStats};
 use super::sampler::{self, CpuMeter, Units};
-use super::{read_token, token_path, AgentError, RunArgs};
+use super::{read_token, status, token_path, AgentError, RunArgs};
 use crate::wire::{ClaimedBuild, CompleteBuild, Snapshot};
 
 /// Longest the agent keeps retrying `start` or `complete` of one build.
@@ -111,6 +111,8 @@ struct Worker {
     shutdown: Shutdown,
     /// Builds the controller cancelled.
     cancels: Cancels,
+    /// What the status file shows.
+    board: status::Board,
     /// Deliveries still sending a finished build's backlog.
     backlog: Vec<(Delivery, JoinHandle<DeliveryStats>)>,
 }
@@ -243,6 +245,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("freeagent-work-{}", std::process::id())),
     };
+    let board = status::Board::default();
+    let status_file = status::status_path(&token_file);
+    let status_writer = tokio::spawn(status::keep_writing(
+        status_file.clone(),
+        board.clone(),
+        client.tally().clone(),
+    ));
     let memory_mb = sampler::memory_mb().await.unwrap_or(16_777_216) as f64;
     let mut worker = Worker {
         client,
@@ -254,6 +263,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         adopter: become_subreaper(),
         shutdown,
         cancels,
+        board,
         backlog: Vec::new(),
         args,
     };
@@ -268,6 +278,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
     let result = worker.poll_loop().await;
     heartbeat.abort();
     worker.drain_backlog().await;
+    status_writer.abort();
+    status::write_stopped(&status_file, &worker.board, worker.client.tally()).await;
     if worker.args.work_root.is_none() {
         // Only the folder the agent made up itself; a given one may hold
         // the volunteer's own files.
@@ -322,6 +334,7 @@ impl Worker {
         let mut shutdown = self.shutdown.clone();
         while !self.shutdown.is_set() {
             self.backlog.retain(|(_, task)| !task.is_finished());
+            self.show_deliveries(None);
             let asked = Instant::now();
             let polled = tokio::select! {
                 polled = self.client.poll_wait(self.args.poll_wait) => polled,
@@ -448,6 +461,11 @@ impl Worker {
             return Ran::default();
         }
 
+        self.board.set_build(Some(status::RunningBuild {
+            id,
+            attempt: build.attempt,
+            started_at: now_ms(),
+        }));
         let name = format!("build-{id}-{}", build.attempt);
         let work_dir = self.work_root.join(&name);
         let log_path = self.work_root.join(format!("{name}.log"));
@@ -481,9 +499,11 @@ impl Worker {
                 self.delivery_config(),
             ))
         };
+        self.show_deliveries(delivery.as_ref().map(|(d, _)| d));
         let (ended, meter, seq, ended_by) = self
             .watch_build(id, pid, delivery.as_ref().map(|(d, _)| d))
             .await;
+        self.board.set_build(None);
         if ended_by == Some(EndedBy::Cancel) {
             // The controller has thrown the build away: nothing more is
             // reported for it, not even its unsent samples.
@@ -551,6 +571,14 @@ impl Worker {
         let _ = remove_dir(work_dir).await;
         let _ = tokio::fs::remove_file(&log_path).await;
         Ran::default()
+    }
+
+    /// Tells the status file which deliveries still hold samples: the
+    /// running build's and the finished builds' backlogs.
+    fn show_deliveries(&self, running: Option<&Delivery>) {
+        let mut deliveries: Vec<Delivery> = self.backlog.iter().map(|(d, _)| d.clone()).collect();
+        deliveries.extend(running.cloned());
+        self.board.set_deliveries(deliveries);
     }
 
     /// Gives build `id` back to the queue (`/release`) as the agent stops.

@@ -210,6 +210,7 @@ impl Drop for Controller {
 struct Agent {
     child: Option<Child>,
     log: PathBuf,
+    token_file: PathBuf,
 }
 
 impl Agent {
@@ -248,6 +249,7 @@ impl Agent {
         Agent {
             child: Some(child),
             log,
+            token_file,
         }
     }
 
@@ -269,6 +271,19 @@ impl Agent {
         field(line, "last_seq")
             .parse()
             .expect("last_seq is a number")
+    }
+
+    /// `freeagent agent status` for this agent: exit status and output.
+    fn status(&self) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(["agent", "status", "--token-file"])
+            .arg(&self.token_file)
+            .output()
+            .expect("agent status");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -541,7 +556,30 @@ async fn controller_outage_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ctl.kill();
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    let killed = Instant::now();
+    // While the controller is away, `agent status` shows the build and the
+    // samples waiting for it.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let shown = loop {
+        let (running, text) = agent.status();
+        let waiting = text
+            .lines()
+            .find_map(|l| l.strip_prefix("unsent samples: "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if running && waiting > 0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        shown.contains(&format!("build {id} (attempt 1)")),
+        "{shown}"
+    );
+    assert!(!shown.contains("unsent samples: 0\n"), "{shown}");
+    assert!(shown.contains("last controller answer: "), "{shown}");
+    // An outage of 15 s in all, long enough to open the breaker.
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(killed.elapsed())).await;
     ctl.launch();
     let view = ctl
         .wait_status(id, &["completed", "failed"], Duration::from_secs(90))
