@@ -114,6 +114,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             lease_timeout: args.lease_timeout,
             telemetry_grace: args.telemetry_grace,
             queue_changed: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         },
         ingest: IngestState::start(storage.clone(), grace_ms, args.telemetry_rate),
         figures: FiguresState::new(
@@ -197,8 +198,14 @@ where
         tokio::spawn(crate::retention::run_retention(state.retention.clone())),
     ];
     tracing::info!(addr = %args.listen, database = %args.database_url, "controller listening");
+    let stopping = state.fleet.stopping.clone();
     let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Held long polls answer 204 now instead of holding the
+            // shutdown for up to a minute.
+            let _ = stopping.send(true);
+        })
         .await;
     for task in background {
         task.abort();

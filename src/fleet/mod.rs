@@ -34,6 +34,8 @@ pub struct FleetState {
     pub telemetry_grace: std::time::Duration,
     /// Wakes long polls: a build was submitted or went back to the queue.
     pub queue_changed: std::sync::Arc<tokio::sync::Notify>,
+    /// Set when the controller begins to shut down: long polls end.
+    pub stopping: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Routes of this domain.
@@ -176,6 +178,7 @@ async fn poll(
 ) -> Result<Response> {
     let wait = parse_wait(query.wait_s.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
+    let mut stopping = fleet.stopping.subscribe();
     loop {
         // Registered before the claim, so a build queued in between wakes it.
         let queued = fleet.queue_changed.notified();
@@ -190,12 +193,13 @@ async fn poll(
             );
             return Ok(Json(PollAnswer { build }).into_response());
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline || *stopping.borrow() {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         tokio::select! {
             _ = &mut queued => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.wait_for(|stop| *stop) => {}
         }
     }
 }

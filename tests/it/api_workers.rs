@@ -219,3 +219,27 @@ async fn long_poll_is_handed_a_new_build_at_once() {
         );
     }
 }
+
+/// A controller told to stop answers its held long polls 204 at once
+/// instead of holding its shutdown for up to a minute.
+#[tokio::test]
+async fn shutdown_ends_held_long_polls() {
+    let mut app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let poll = {
+        let request = client()
+            .post(app.url("/api/workers/poll?waitS=60"))
+            .bearer_auth(&worker.token);
+        tokio::spawn(async move { request.send().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "stopping took {:?}",
+        started.elapsed()
+    );
+    let answer = poll.await.expect("poll task").expect("poll answer");
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+}
