@@ -19,6 +19,7 @@ use super::client::{CallError, Client, Tally};
 use super::delivery::{backoff_delay, Delivery, DeliveryConfig, DeliveryStats};
 use super::sampler::{self, CpuMeter, Units};
 use super::{read_token, status, token_path, AgentError, RunArgs};
+use crate::cache::lock;
 use crate::wire::{ClaimedBuild, CompleteBuild, Snapshot};
 
 /// Longest the agent keeps retrying `start` or `complete` of one build.
@@ -138,10 +139,7 @@ impl Cancels {
         if ids.is_empty() {
             return;
         }
-        self.ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ids.iter().copied());
+        lock(&self.ids).extend(ids.iter().copied());
         self.marked.notify_waiters();
     }
 
@@ -151,12 +149,7 @@ impl Cancels {
             let marked = self.marked.notified();
             tokio::pin!(marked);
             marked.as_mut().enable();
-            if self
-                .ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&id)
-            {
+            if lock(&self.ids).contains(&id) {
                 return;
             }
             marked.await;

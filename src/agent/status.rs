@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::client::Tally;
 use super::delivery::Delivery;
 use super::{token_path, AgentError};
+use crate::cache::lock;
 use crate::clock::now_ms;
 
 /// How often the running agent rewrites its status file.
@@ -70,7 +71,7 @@ struct BoardInner {
 
 impl Board {
     fn with<T>(&self, f: impl FnOnce(&mut BoardInner) -> T) -> T {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut lock(&self.inner))
     }
 
     /// The build now running, or none.

@@ -579,12 +579,11 @@ impl TestApp {
 
     /// `GET /api/builds/{id}/snapshots` with the admin key.
     pub async fn snapshots(&self, id: i64) -> Vec<Snapshot> {
-        expect_json(
-            self.get(&format!("/api/builds/{id}/snapshots"), Some(ADMIN_KEY))
-                .await,
-            StatusCode::OK,
-        )
-        .await
+        self.stored_snapshots(id)
+            .await
+            .into_iter()
+            .map(|s| s.sample)
+            .collect()
     }
 
     /// `GET /api/builds/{id}/snapshots` with the admin key, attempts included.
