@@ -5,8 +5,11 @@
 //! `cargo test --features ssr --test it attempts::`.
 //!
 //! - `common`: `TestApp`, the real controller on `127.0.0.1:0` with a fresh
-//!   SQLite file, its builder and the scenario helpers; the recomputation
+//!   database, its builder and the scenario helpers; the recomputation
 //!   of every figure from raw rows.
+//! - `postgres`: the throwaway Postgres cluster behind
+//!   `FREEAGENT_TEST_BACKEND=postgres` (default `sqlite`), which runs every
+//!   test that is not about SQLite alone against Postgres instead.
 //! - `api_*`: the REST contract of SPEC, one domain a file:
 //!   - `api_server`: health, the page, restart, bad bodies, never a 500;
 //!   - `api_auth`: 401 and 403, secrets stored as hashes;
@@ -25,6 +28,7 @@
 //! - `layers`: the crate's imports point one way (reads `src/`).
 
 mod common;
+mod postgres;
 
 mod agent;
 mod api_auth;
