@@ -15,7 +15,7 @@ async fn secrets_are_stored_only_as_hashes() {
     let worker = linux_worker(&app).await;
     let build = app.submit_build(LINUX).await;
     let pool = app.db().await;
-    let worker_hash: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM workers WHERE id = ?")
+    let worker_hash: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM workers WHERE id = $1")
         .bind(worker.id)
         .fetch_one(&pool)
         .await
@@ -24,7 +24,7 @@ async fn secrets_are_stored_only_as_hashes() {
         worker_hash,
         Sha256::digest(worker.token.as_bytes()).to_vec()
     );
-    let build_hash: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM builds WHERE id = ?")
+    let build_hash: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM builds WHERE id = $1")
         .bind(build.id)
         .fetch_one(&pool)
         .await
@@ -33,9 +33,28 @@ async fn secrets_are_stored_only_as_hashes() {
         build_hash,
         Sha256::digest(build.access_token.as_bytes()).to_vec()
     );
+    // The SQLite file and its journal, or on Postgres every row of every table.
     let mut stored = Vec::new();
     for entry in std::fs::read_dir(app.dir()).unwrap() {
         stored.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
+    }
+    if backend() == Backend::Postgres {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(table_name AS TEXT) FROM information_schema.tables
+             WHERE table_schema = 'public'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(tables.iter().any(|t| t == "workers"), "{tables:?}");
+        for table in tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT CAST(t AS TEXT) FROM \"{table}\" t"))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            stored.extend(rows.concat().into_bytes());
+        }
     }
     for secret in [
         worker.token.as_str(),

@@ -534,7 +534,7 @@ async fn legacy_other_type_is_stored_as_event() {
         json!({"accepted": 0, "duplicates": 0, "rejected": []})
     );
     let rows: Vec<(i64, String, String)> =
-        sqlx::query_as("SELECT build_id, type, data FROM build_events")
+        sqlx::query_as("SELECT build_id, type, CAST(data AS TEXT) FROM build_events")
             .fetch_all(&app.db().await)
             .await
             .unwrap();

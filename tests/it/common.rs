@@ -1,12 +1,17 @@
-//! `TestApp`: the real controller on `127.0.0.1:0` with a fresh SQLite file,
-//! and helpers that read like the scenarios the tests prove (STYLE practice 8).
+//! `TestApp`: the real controller on `127.0.0.1:0` with a fresh database, and
+//! helpers that read like the scenarios the tests prove (STYLE practice 8).
+//!
+//! The backend is `FREEAGENT_TEST_BACKEND`: `sqlite` (the default, a fresh
+//! file a test) or `postgres` (a fresh database a test in the throwaway
+//! cluster of [`crate::postgres`]). Raw rows are read through sqlx's `Any`
+//! driver, so the same query serves both: write placeholders as `$1`, `$2`
+//! (SQLite takes them too) and `CAST(... AS BIGINT)` around sums.
 //!
 //! Also the recomputation of every figure from raw rows (`builds` and
 //! `samples`), which the invariant tests compare against `NetworkStats`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use freeagent::config::ServeArgs;
@@ -18,7 +23,8 @@ use freeagent::wire::{
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -35,6 +41,41 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as i64
+}
+
+/// The database a test run stores into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `FREEAGENT_TEST_BACKEND`: `sqlite` (default) or `postgres`.
+pub fn backend() -> Backend {
+    match std::env::var("FREEAGENT_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") => Backend::Postgres,
+        Ok(other) => panic!("FREEAGENT_TEST_BACKEND={other}: expected sqlite or postgres"),
+    }
+}
+
+/// True, after saying why on stderr, when the tests run on Postgres and this
+/// one proves something of SQLite alone: `if sqlite_only("...") { return; }`.
+pub fn sqlite_only(why: &str) -> bool {
+    let skip = backend() == Backend::Postgres;
+    if skip {
+        eprintln!("skipped on postgres: {why}");
+    }
+    skip
+}
+
+/// URL of a new, empty database of the backend under test: a file `name`
+/// in `dir` on SQLite, a database of its own in the test cluster on Postgres.
+pub async fn fresh_database_url(dir: &Path, name: &str) -> String {
+    match backend() {
+        Backend::Sqlite => format!("sqlite://{}", dir.join(name).display()),
+        Backend::Postgres => crate::postgres::fresh_database().await,
+    }
 }
 
 /// The platform most tests build for.
@@ -186,7 +227,8 @@ impl TestAppBuilder {
         self
     }
 
-    /// Starts on a copy of this SQLite file instead of a fresh database.
+    /// Starts on a copy of this SQLite file instead of a fresh database
+    /// (SQLite only: such a test checks `sqlite_only` first).
     pub fn existing_database(mut self, path: &Path) -> Self {
         self.existing_database = Some(path.to_path_buf());
         self
@@ -195,11 +237,16 @@ impl TestAppBuilder {
     /// Starts the controller on a fresh database (or the existing one's copy).
     pub async fn start(self) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db_path = dir.path().join("freeagent.db");
         if let Some(existing) = &self.existing_database {
-            std::fs::copy(existing, &db_path).expect("copy the existing database");
+            assert_eq!(
+                backend(),
+                Backend::Sqlite,
+                "an existing SQLite file cannot start a Postgres test"
+            );
+            std::fs::copy(existing, dir.path().join("freeagent.db"))
+                .expect("copy the existing database");
         }
-        let database_url = format!("sqlite://{}", db_path.display());
+        let database_url = fresh_database_url(dir.path(), "freeagent.db").await;
         let mut args = ServeArgs::new(database_url.clone(), ADMIN_KEY);
         args.stats_ttl = Duration::ZERO;
         for edit in self.args_edit {
@@ -224,7 +271,7 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// The real controller serving a temporary SQLite file.
+/// The real controller serving a fresh database of the backend under test.
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
@@ -232,11 +279,11 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// What the controller was started with.
     pub args: ServeArgs,
-    /// `sqlite://...` of the database.
+    /// `sqlite://...` or `postgres://...` of the database.
     pub database_url: String,
     dir: tempfile::TempDir,
     server: Option<Running>,
-    pool: tokio::sync::OnceCell<SqlitePool>,
+    pool: tokio::sync::OnceCell<AnyPool>,
 }
 
 impl TestApp {
@@ -253,7 +300,8 @@ impl TestApp {
         }
     }
 
-    /// Folder holding the database, removed when the app is dropped.
+    /// Temporary folder of the test (holding the database on SQLite),
+    /// removed when the app is dropped.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -597,7 +645,7 @@ impl TestApp {
     }
 
     /// A read-only connection pool on the database, for raw rows.
-    pub async fn db(&self) -> SqlitePool {
+    pub async fn db(&self) -> AnyPool {
         self.pool
             .get_or_init(|| read_only_pool(&self.database_url))
             .await
@@ -606,7 +654,7 @@ impl TestApp {
 
     /// `builds.assigned_at` of a build.
     pub async fn assigned_at(&self, build: i64) -> i64 {
-        let at: Option<i64> = sqlx::query_scalar("SELECT assigned_at FROM builds WHERE id = ?")
+        let at: Option<i64> = sqlx::query_scalar("SELECT assigned_at FROM builds WHERE id = $1")
             .bind(build)
             .fetch_one(&self.db().await)
             .await
@@ -622,15 +670,18 @@ impl TestApp {
     }
 }
 
-/// Opens a read-only pool on a controller's database.
-pub async fn read_only_pool(database_url: &str) -> SqlitePool {
-    let options = SqliteConnectOptions::from_str(database_url)
-        .expect("database url")
-        .read_only(true)
-        .busy_timeout(Duration::from_secs(10));
-    SqlitePoolOptions::new()
+/// Opens a read-only pool on a controller's database, of either backend.
+pub async fn read_only_pool(database_url: &str) -> AnyPool {
+    sqlx::any::install_default_drivers();
+    let read_only = if database_url.starts_with("sqlite:") {
+        "mode=ro"
+    } else {
+        "options=-c%20default_transaction_read_only%3Don"
+    };
+    let separator = if database_url.contains('?') { '&' } else { '?' };
+    AnyPoolOptions::new()
         .max_connections(2)
-        .connect_with(options)
+        .connect(&format!("{database_url}{separator}{read_only}"))
         .await
         .expect("open database read-only")
 }
@@ -717,7 +768,7 @@ pub fn attempt_rows<'a>(
 }
 
 /// Every build row.
-pub async fn raw_builds(pool: &SqlitePool) -> Vec<RawBuild> {
+pub async fn raw_builds(pool: &AnyPool) -> Vec<RawBuild> {
     let rows: Vec<(i64, String, Option<i64>, Option<i64>)> =
         sqlx::query_as("SELECT id, status, started_at, completed_at FROM builds ORDER BY id")
             .fetch_all(pool)
@@ -734,7 +785,7 @@ pub async fn raw_builds(pool: &SqlitePool) -> Vec<RawBuild> {
 }
 
 /// Every sample row.
-pub async fn raw_samples(pool: &SqlitePool) -> Vec<RawSample> {
+pub async fn raw_samples(pool: &AnyPool) -> Vec<RawSample> {
     #[allow(clippy::type_complexity)]
     let rows: Vec<(i64, i64, i64, i64, f64, f64, Option<f64>, i64)> = sqlx::query_as(
         "SELECT build_id, attempt, seq, sampled_at, cpu_percent, memory_mb, cpu_time_s, interval_s
@@ -834,7 +885,7 @@ pub struct Recomputed {
 pub type SampleKey = (i64, i64, i64);
 
 /// Every stored sample, keyed as [`recompute`] takes them.
-pub async fn samples_by_key(pool: &SqlitePool) -> BTreeMap<SampleKey, RawSample> {
+pub async fn samples_by_key(pool: &AnyPool) -> BTreeMap<SampleKey, RawSample> {
     raw_samples(pool)
         .await
         .into_iter()

@@ -194,7 +194,7 @@ fn batch_json(samples: &[Snapshot]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_samples_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let database_url = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let database_url = fresh_database_url(dir.path(), "crash.db").await;
     let http = client();
 
     let controller = start_db(dir.path(), &database_url).await;
@@ -231,7 +231,7 @@ async fn acknowledged_samples_survive_sigkill() {
     assert_eq!(started.status(), StatusCode::OK);
     let assigned_at = {
         let pool = read_only_pool(&database_url).await;
-        let at: i64 = sqlx::query_scalar("SELECT assigned_at FROM builds WHERE id = ?")
+        let at: i64 = sqlx::query_scalar("SELECT assigned_at FROM builds WHERE id = $1")
             .bind(build.id)
             .fetch_one(&pool)
             .await
@@ -402,7 +402,7 @@ async fn serve_generates_admin_key_when_none_is_given() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sigint_stop_the_controller_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let database_url = format!("sqlite://{}", dir.path().join("term.db").display());
+    let database_url = fresh_database_url(dir.path(), "term.db").await;
     let mut submitted = Vec::new();
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let mut controller = start_db(dir.path(), &database_url).await;
@@ -446,7 +446,7 @@ async fn sigterm_and_sigint_stop_the_controller_gracefully() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_show_a_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let database_url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let database_url = fresh_database_url(dir.path(), "log.db").await;
     let flags = serve_flags(&database_url);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let controller = Controller::start_logging(dir.path(), &flags, "debug").await;
