@@ -319,7 +319,7 @@ impl TestApp {
             })
             .await;
             if let Err(error) = outcome {
-                eprintln!("controller stopped with an error: {error:#}");
+                panic!("controller stopped with an error: {error:#}");
             }
         });
         self.server = Some(Running { shutdown, task });
@@ -331,6 +331,11 @@ impl TestApp {
                 if response.status() == StatusCode::OK {
                     return;
                 }
+            }
+            let running = self.server.as_mut().expect("just started");
+            if running.task.is_finished() {
+                let error = (&mut running.task).await.expect_err("it stopped unasked");
+                panic!("controller stopped before answering /healthz: {error}");
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -63,7 +63,7 @@ impl Controller {
             .stderr(Stdio::from(out))
             .spawn()
             .expect("start freeagent serve");
-        let controller = Controller {
+        let mut controller = Controller {
             child,
             base: format!("http://{listen}"),
             log,
@@ -75,6 +75,12 @@ impl Controller {
                 if response.status() == StatusCode::OK {
                     return controller;
                 }
+            }
+            if let Ok(Some(status)) = controller.child.try_wait() {
+                panic!(
+                    "freeagent serve exited with {status} before answering; log:\n{}",
+                    std::fs::read_to_string(&controller.log).unwrap_or_default()
+                );
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
