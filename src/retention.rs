@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::error::Result;
-use crate::storage::Storage;
+use crate::storage::{Duty, Storage};
 
 const MS_PER_DAY: i64 = 86_400_000;
 /// How often the background task runs a pass.
@@ -36,6 +36,9 @@ pub struct RetentionState {
     pub retention_days: u32,
     /// How long after a build (or attempt) ended it still takes telemetry.
     pub telemetry_grace: Duration,
+    /// The workers' lease timeout, which also bounds how long retention
+    /// stays without a controller when its holder dies (see [`Duty`]).
+    pub lease_timeout: Duration,
 }
 
 /// One full pass, batch by batch; returns the rows removed.
@@ -56,12 +59,38 @@ pub async fn run_pass(state: &RetentionState) -> Result<u64> {
     }
 }
 
-/// Runs retention passes until the task is aborted.
+/// Runs retention passes until the task is aborted, every [`PASS_PERIOD`]
+/// while this controller holds the retention duty. The duty is renewed
+/// more often than that, so that it moves to another controller within
+/// one lease timeout when this one dies.
 pub async fn run_retention(state: RetentionState) {
-    let mut ticker = tokio::time::interval(PASS_PERIOD);
+    let lease = state.lease_timeout;
+    let mut ticker = tokio::time::interval(Duty::renew_every(lease).min(PASS_PERIOD));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
         ticker.tick().await;
+        let held = state
+            .storage
+            .hold_duty(Duty::Retention, now_ms(), Duty::lease_ms(lease))
+            .await;
+        match held {
+            Ok(true) => {}
+            Ok(false) => {
+                // Whoever holds it now runs the passes; taking it back later
+                // starts with a pass.
+                last_pass = None;
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not renew the retention duty");
+                continue;
+            }
+        }
+        if last_pass.is_some_and(|at| at.elapsed() < PASS_PERIOD) {
+            continue;
+        }
+        last_pass = Some(tokio::time::Instant::now());
         match run_pass(&state).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "retention removed old raw rows"),

@@ -29,7 +29,7 @@ use crate::fleet::FleetState;
 use crate::ingest::IngestState;
 use crate::retention::RetentionState;
 use crate::stats::reader::Figures;
-use crate::storage::Storage;
+use crate::storage::{Duty, Storage};
 
 /// The composition root: every domain's own state, assembled once. Each
 /// handler and extractor takes only the part it needs (`FromRef`).
@@ -127,6 +127,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             storage: storage.clone(),
             retention_days: args.retention_days,
             telemetry_grace: args.telemetry_grace,
+            lease_timeout: args.lease_timeout,
         },
         storage,
         leptos_options: leptos_options(args.listen),
@@ -193,11 +194,18 @@ where
     let mut args = args;
     args.listen = listener.local_addr()?;
     let state = build_state(&args).await?;
+    let storage = state.storage.clone();
+    storage.forward_queue_changes(state.fleet.queue_changed.clone());
     let background = [
         tokio::spawn(crate::fleet::reaper::run_reaper(state.fleet.clone())),
         tokio::spawn(crate::retention::run_retention(state.retention.clone())),
     ];
-    tracing::info!(addr = %args.listen, database = %args.database_url, "controller listening");
+    tracing::info!(
+        addr = %args.listen,
+        database = %crate::storage::redacted_url(&args.database_url),
+        backend = storage.backend_name(),
+        "controller listening"
+    );
     let stopping = state.fleet.stopping.clone();
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
@@ -209,6 +217,13 @@ where
         .await;
     for task in background {
         task.abort();
+    }
+    // Another controller on the same database takes these over at once
+    // rather than when their leases run out.
+    for duty in [Duty::Reaper, Duty::Retention] {
+        if let Err(error) = storage.give_up_duty(duty).await {
+            tracing::warn!(%error, ?duty, "could not hand a duty over");
+        }
     }
     tracing::info!("controller stopped");
     Ok(result?)

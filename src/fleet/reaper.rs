@@ -2,21 +2,43 @@
 //! lease timeout go back to the queue as their next attempt, or fail after
 //! the last one (`builds::transition` on `LeaseLost`).
 
-use std::time::Duration;
-
 use super::FleetState;
 use crate::builds::MAX_ATTEMPTS;
 use crate::clock::now_ms;
+use crate::storage::Duty;
 
 /// Runs the lease reaper until the task is aborted.
 pub async fn run_reaper(fleet: FleetState) {
     let lease = fleet.lease_timeout;
-    let period = (lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
-    let mut ticker = tokio::time::interval(period);
+    let mut ticker = tokio::time::interval(Duty::renew_every(lease));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut holding = false;
     loop {
         ticker.tick().await;
         let now = now_ms();
+        match fleet
+            .storage
+            .hold_duty(Duty::Reaper, now, Duty::lease_ms(lease))
+            .await
+        {
+            Ok(held) => {
+                if held != holding {
+                    tracing::info!(
+                        held,
+                        "lease reaper duty {}",
+                        if held { "taken" } else { "held elsewhere" }
+                    );
+                    holding = held;
+                }
+                if !held {
+                    continue;
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not renew the lease reaper duty");
+                continue;
+            }
+        }
         let silent_since = now - lease.as_millis() as i64;
         match fleet.storage.reap_lost_leases(silent_since, now).await {
             Ok(lost) => {

@@ -13,6 +13,7 @@
 //! write (`builds::transition`, the ledger, per-attempt accounting) are
 //! pure code that every backend calls.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::builds::{AttemptRow, BuildRow, Event};
@@ -97,12 +98,46 @@ pub struct DailyRow {
     pub cpu_micros: i64,
 }
 
+/// The row both backends read the figures as: pending, active, finished,
+/// build time, CPU µs, finished today, workers online, busy percent.
+pub(crate) type FiguresRow = (i64, i64, i64, i64, i64, i64, i64, f64);
+
+impl From<FiguresRow> for StoredFigures {
+    fn from(row: FiguresRow) -> StoredFigures {
+        let (pending, active, finished, build_time_ms, cpu_micros, today, online, busy) = row;
+        StoredFigures {
+            pending,
+            active,
+            finished,
+            build_time_ms,
+            cpu_micros,
+            finished_today: today,
+            workers_online: online,
+            busy_percent: busy,
+        }
+    }
+}
+
+impl From<(i64, i64, i64, i64, i64)> for DailyRow {
+    fn from((day, finished, failed, build_time_ms, cpu_micros): (i64, i64, i64, i64, i64)) -> Self {
+        DailyRow {
+            day,
+            finished,
+            failed,
+            build_time_ms,
+            cpu_micros,
+        }
+    }
+}
+
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The URL names a database this controller does not serve. Only the
     /// scheme is shown: the rest of a URL may hold a password.
-    #[error("`{scheme}:` database URLs are not served by this controller; use sqlite://PATH")]
+    #[error(
+        "`{scheme}:` database URLs are not served by this controller; use sqlite://PATH or postgres://USER@HOST:PORT/DB"
+    )]
     Unsupported {
         /// The URL's scheme.
         scheme: String,
@@ -116,7 +151,7 @@ pub enum OpenError {
 /// touches the disk (sqlx would read `postgres://host/db` as a file path).
 pub fn check_url(url: &str) -> std::result::Result<(), OpenError> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-    if scheme.eq_ignore_ascii_case("sqlite") {
+    if scheme.eq_ignore_ascii_case("sqlite") || postgres::is_postgres_url(url) {
         Ok(())
     } else {
         Err(OpenError::Unsupported {
@@ -129,6 +164,21 @@ pub fn check_url(url: &str) -> std::result::Result<(), OpenError> {
     }
 }
 
+/// `url` with any password replaced by `***`, fit for a log line.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// The controller's database. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -138,21 +188,26 @@ pub struct Storage {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::Database),
+    Postgres(postgres::Database),
 }
 
 impl Storage {
     /// Opens the database at `url`, creating and migrating it when needed.
     pub async fn open(url: &str) -> std::result::Result<Storage, OpenError> {
         check_url(url)?;
-        Ok(Storage {
-            backend: Backend::Sqlite(sqlite::open(url).await?),
-        })
+        let backend = if postgres::is_postgres_url(url) {
+            Backend::Postgres(postgres::open(url).await?)
+        } else {
+            Backend::Sqlite(sqlite::open(url).await?)
+        };
+        Ok(Storage { backend })
     }
 
     /// Whether the database answers.
     pub async fn health(&self) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(db) => db.health().await,
+            Backend::Postgres(db) => db.health().await,
         }
     }
 
@@ -160,6 +215,7 @@ impl Storage {
     pub async fn register_worker(&self, worker: NewWorker) -> Result<i64> {
         match &self.backend {
             Backend::Sqlite(db) => db.register_worker(worker).await,
+            Backend::Postgres(db) => db.register_worker(worker).await,
         }
     }
 
@@ -167,6 +223,7 @@ impl Storage {
     pub async fn worker_by_token(&self, hash: [u8; 32]) -> Result<Option<WorkerIdentity>> {
         match &self.backend {
             Backend::Sqlite(db) => db.worker_by_token(hash).await,
+            Backend::Postgres(db) => db.worker_by_token(hash).await,
         }
     }
 
@@ -174,6 +231,7 @@ impl Storage {
     pub async fn secret_is_known(&self, hash: [u8; 32]) -> Result<bool> {
         match &self.backend {
             Backend::Sqlite(db) => db.secret_is_known(hash).await,
+            Backend::Postgres(db) => db.secret_is_known(hash).await,
         }
     }
 
@@ -181,6 +239,7 @@ impl Storage {
     pub async fn record_last_seen(&self, id: i64, now: i64) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(db) => db.record_last_seen(id, now).await,
+            Backend::Postgres(db) => db.record_last_seen(id, now).await,
         }
     }
 
@@ -189,6 +248,7 @@ impl Storage {
     pub async fn cancelled_builds(&self, worker_id: i64, since: i64) -> Result<Vec<i64>> {
         match &self.backend {
             Backend::Sqlite(db) => db.cancelled_builds(worker_id, since).await,
+            Backend::Postgres(db) => db.cancelled_builds(worker_id, since).await,
         }
     }
 
@@ -196,6 +256,7 @@ impl Storage {
     pub async fn submit_build(&self, build: NewBuild) -> Result<i64> {
         match &self.backend {
             Backend::Sqlite(db) => db.submit_build(build).await,
+            Backend::Postgres(db) => db.submit_build(build).await,
         }
     }
 
@@ -203,6 +264,7 @@ impl Storage {
     pub async fn build(&self, id: i64) -> Result<BuildRow> {
         match &self.backend {
             Backend::Sqlite(db) => db.build(id).await,
+            Backend::Postgres(db) => db.build(id).await,
         }
     }
 
@@ -211,6 +273,7 @@ impl Storage {
     pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<ClaimedBuild>> {
         match &self.backend {
             Backend::Sqlite(db) => db.claim(worker_id, now).await,
+            Backend::Postgres(db) => db.claim(worker_id, now).await,
         }
     }
 
@@ -225,6 +288,7 @@ impl Storage {
     ) -> Result<BuildRow> {
         match &self.backend {
             Backend::Sqlite(db) => db.change_build(id, now, decide).await,
+            Backend::Postgres(db) => db.change_build(id, now, decide).await,
         }
     }
 
@@ -233,6 +297,7 @@ impl Storage {
     pub async fn reap_lost_leases(&self, silent_since: i64, now: i64) -> Result<Vec<BuildRow>> {
         match &self.backend {
             Backend::Sqlite(db) => db.reap_lost_leases(silent_since, now).await,
+            Backend::Postgres(db) => db.reap_lost_leases(silent_since, now).await,
         }
     }
 
@@ -245,6 +310,7 @@ impl Storage {
     ) -> Result<Vec<Result<TelemetryAnswer>>> {
         match &self.backend {
             Backend::Sqlite(db) => db.store_telemetry(requests, grace_ms).await,
+            Backend::Postgres(db) => db.store_telemetry(requests, grace_ms).await,
         }
     }
 
@@ -252,6 +318,7 @@ impl Storage {
     pub async fn snapshots(&self, build_id: i64) -> Result<Vec<StoredSnapshot>> {
         match &self.backend {
             Backend::Sqlite(db) => db.snapshots(build_id).await,
+            Backend::Postgres(db) => db.snapshots(build_id).await,
         }
     }
 
@@ -265,6 +332,7 @@ impl Storage {
     ) -> Result<StoredFigures> {
         match &self.backend {
             Backend::Sqlite(db) => db.figures(today, online_since, fresh_since).await,
+            Backend::Postgres(db) => db.figures(today, online_since, fresh_since).await,
         }
     }
 
@@ -272,6 +340,7 @@ impl Storage {
     pub async fn daily(&self, first: i64, last: i64) -> Result<Vec<DailyRow>> {
         match &self.backend {
             Backend::Sqlite(db) => db.daily(first, last).await,
+            Backend::Postgres(db) => db.daily(first, last).await,
         }
     }
 
@@ -280,7 +349,88 @@ impl Storage {
     pub async fn purge_batch(&self, cutoff: i64, now: i64, grace_ms: i64) -> Result<u64> {
         match &self.backend {
             Backend::Sqlite(db) => db.purge_batch(cutoff, now, grace_ms).await,
+            Backend::Postgres(db) => db.purge_batch(cutoff, now, grace_ms).await,
         }
+    }
+
+    /// Whether this controller should perform `duty` now: takes or renews
+    /// its lease for `lease_ms` in the database. A lone SQLite controller
+    /// always holds every duty.
+    pub async fn hold_duty(&self, duty: Duty, now: i64, lease_ms: i64) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(db) => db.hold_duty(duty.name(), now, lease_ms).await,
+        }
+    }
+
+    /// Gives up `duty` (a controller stopping), so another takes it at once.
+    pub async fn give_up_duty(&self, duty: Duty) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.give_up_duty(duty.name()).await,
+        }
+    }
+
+    /// Wakes `waiters` when another controller on the same database puts a
+    /// build in the queue (this controller wakes them itself).
+    pub fn forward_queue_changes(&self, waiters: std::sync::Arc<tokio::sync::Notify>) {
+        match &self.backend {
+            Backend::Sqlite(_) => {}
+            Backend::Postgres(db) => db.forward_queue_changes(waiters),
+        }
+    }
+
+    /// The backend's name, for logs and metrics.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Work that one controller at a time performs for the whole database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// The lease reaper.
+    Reaper,
+    /// Retention.
+    Retention,
+}
+
+impl Duty {
+    /// How often a controller takes or renews a duty's lease (the lease
+    /// reaper's period), given the workers' lease timeout.
+    pub fn renew_every(lease_timeout: std::time::Duration) -> std::time::Duration {
+        (lease_timeout / 4).clamp(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        )
+    }
+
+    /// How long a duty's lease lasts: half the workers' lease timeout, so
+    /// that when its holder dies another controller takes the duty over
+    /// within one lease timeout (half of it to expire, then at most one
+    /// renewal period, itself at most a quarter).
+    pub fn lease_ms(lease_timeout: std::time::Duration) -> i64 {
+        (lease_timeout / 2).as_millis().max(1) as i64
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Duty::Reaper => "reaper",
+            Duty::Retention => "retention",
+        }
+    }
+}
+
+/// A refused transition as the client sees it.
+pub(crate) fn refusal_error(refusal: crate::builds::Refusal) -> crate::error::AppError {
+    use crate::builds::Refusal;
+    use crate::error::AppError;
+    match refusal {
+        Refusal::AlreadyThere => AppError::Conflict("the build is already in that state".into()),
+        Refusal::NotAllowed(why) => AppError::Conflict(why),
     }
 }
 
@@ -288,5 +438,9 @@ impl Storage {
 /// controller, batch by batch; `cutoff_at` gives the cutoff for a time.
 pub async fn purge(url: &str, cutoff_at: impl Fn(i64) -> i64, grace_ms: i64) -> Result<u64> {
     check_url(url).map_err(|e| crate::error::AppError::BadRequest(e.to_string()))?;
-    sqlite::purge_database(url, cutoff_at, grace_ms).await
+    if postgres::is_postgres_url(url) {
+        postgres::purge_database(url, cutoff_at, grace_ms).await
+    } else {
+        sqlite::purge_database(url, cutoff_at, grace_ms).await
+    }
 }

@@ -500,7 +500,7 @@ async fn database_before_attempts(path: &std::path::Path, now: i64) -> RawSample
         .connect_with(options)
         .await
         .expect("open");
-    let mut before = sqlx::migrate!();
+    let mut before = sqlx::migrate!("migrations/sqlite");
     before.migrations = before
         .migrations
         .iter()

@@ -9,7 +9,7 @@ use super::Database;
 use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
-use crate::storage::{ChangeDecision, NewBuild};
+use crate::storage::{refusal_error, ChangeDecision, NewBuild};
 use crate::wire::ClaimedBuild;
 
 const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt, submitted_at,
@@ -235,13 +235,5 @@ impl Database {
                 .boxed()
             })
             .await
-    }
-}
-
-/// A refused transition as the client sees it.
-fn refusal_error(refusal: Refusal) -> AppError {
-    match refusal {
-        Refusal::AlreadyThere => AppError::Conflict("the build is already in that state".into()),
-        Refusal::NotAllowed(why) => AppError::Conflict(why),
     }
 }

@@ -6,7 +6,7 @@ use sqlx::SqliteConnection;
 use super::Database;
 use crate::error::Result;
 use crate::ledger::{DayDelta, LedgerDelta, TotalsDelta};
-use crate::storage::{DailyRow, StoredFigures};
+use crate::storage::{DailyRow, FiguresRow, StoredFigures};
 
 /// Applies `delta` to the running totals and its day, inside the caller's
 /// transaction.
@@ -57,7 +57,7 @@ impl Database {
         fresh_since: i64,
     ) -> Result<StoredFigures> {
         let mut conn = self.reads.acquire().await?;
-        let row: (i64, i64, i64, i64, i64, i64, i64, f64) = sqlx::query_as(
+        let row: FiguresRow = sqlx::query_as(
             "SELECT t.builds_pending, t.builds_active, t.builds_finished, t.build_time_ms, t.cpu_micros,
                COALESCE((SELECT builds_finished FROM daily WHERE day = ?1), 0),
                (SELECT count(*) FROM workers WHERE last_seen_at >= ?2),
@@ -70,17 +70,7 @@ impl Database {
         .bind(fresh_since)
         .fetch_one(&mut *conn)
         .await?;
-        let (pending, active, finished, build_time_ms, cpu_micros, today, online, busy) = row;
-        Ok(StoredFigures {
-            pending,
-            active,
-            finished,
-            build_time_ms,
-            cpu_micros,
-            finished_today: today,
-            workers_online: online,
-            busy_percent: busy,
-        })
+        Ok(row.into())
     }
 
     /// The `daily` rows of days `first..=last`, oldest first.
@@ -93,18 +83,7 @@ impl Database {
         .bind(last)
         .fetch_all(&self.reads)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(day, finished, failed, build_time_ms, cpu_micros)| DailyRow {
-                    day,
-                    finished,
-                    failed,
-                    build_time_ms,
-                    cpu_micros,
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(DailyRow::from).collect())
     }
 
     /// Whether the database answers.

@@ -90,7 +90,7 @@ pub async fn connect(url: &str) -> std::result::Result<SqliteConnection, sqlx::E
         .max_connections(1)
         .connect_with(options.clone())
         .await?;
-    sqlx::migrate!().run(&pool).await?;
+    sqlx::migrate!("migrations/sqlite").run(&pool).await?;
     pool.close().await;
     SqliteConnection::connect_with(&options).await
 }
@@ -384,8 +384,8 @@ mod tests {
             .connect_with(connect_options(&url).expect("options"))
             .await
             .expect("pool");
-        let full = sqlx::migrate!();
-        let mut before = sqlx::migrate!();
+        let full = sqlx::migrate!("migrations/sqlite");
+        let mut before = sqlx::migrate!("migrations/sqlite");
         before.migrations = full
             .migrations
             .iter()
