@@ -1,7 +1,9 @@
 //! The REST client the agent and the simulator share: one method per route,
-//! a timeout on every call, and a tally of the answers by route and status.
+//! a timeout on every call, a tally of the answers by route and status, and
+//! failover between several controllers of one database.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +78,79 @@ impl CallError {
             CallError::Decode(_) => false,
         }
     }
+
+    /// The controller itself is down or cut off from its database: no
+    /// answer, or a gateway's 502/504, or 503. Another controller of the
+    /// same database may answer; any other status is an answer, which every
+    /// controller would give alike.
+    pub fn moves_on(&self) -> bool {
+        match self {
+            CallError::Transport(_) => true,
+            CallError::Status { status, .. } => matches!(
+                *status,
+                StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            ),
+            CallError::Decode(_) => false,
+        }
+    }
+}
+
+/// The controllers a client may ask, all serving one database, and the one
+/// it asks now. Clones share which one that is, so that once any call
+/// (a heartbeat, a poll, a telemetry post) finds a controller gone, the
+/// others stop asking it too.
+#[derive(Clone, Debug)]
+pub struct Controllers {
+    urls: Arc<[String]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Controllers {
+    /// These controllers, in the order given; the first is asked first.
+    /// None when there is none.
+    pub fn new<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> Option<Self> {
+        let urls: Arc<[String]> = urls
+            .into_iter()
+            .map(|u| u.as_ref().trim_end_matches('/').to_string())
+            .collect();
+        (!urls.is_empty()).then(|| Controllers {
+            urls,
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never: there is at least one.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// The one asked now: its position and URL.
+    pub fn current(&self) -> (usize, &str) {
+        let at = self.current.load(Ordering::SeqCst) % self.urls.len();
+        (at, &self.urls[at])
+    }
+
+    /// The controller at `at` did not answer: the next one is asked from
+    /// now on. Returns its URL, or None when there is no other one or when
+    /// a concurrent call already moved on (so that two calls failing on
+    /// the same controller move one step, not two).
+    pub fn failed(&self, at: usize) -> Option<&str> {
+        if self.urls.len() < 2 {
+            return None;
+        }
+        let next = (at + 1) % self.urls.len();
+        self.current
+            .compare_exchange(at, next, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| self.urls[next].as_str())
+    }
 }
 
 /// Answers counted by route and status (`0` for no answer), for logs and the
@@ -131,19 +206,42 @@ pub enum TelemetryOutcome {
     AllRejected(TelemetryAnswer),
 }
 
-/// A client for one controller and one bearer secret.
+/// A request on its way to one of the controllers.
+struct Request {
+    /// Which controller it goes to.
+    at: usize,
+    builder: RequestBuilder,
+}
+
+impl Request {
+    fn json<B: Serialize + ?Sized>(self, body: &B) -> Self {
+        Request {
+            builder: self.builder.json(body),
+            ..self
+        }
+    }
+
+    fn timeout(self, timeout: Duration) -> Self {
+        Request {
+            builder: self.builder.timeout(timeout),
+            ..self
+        }
+    }
+}
+
+/// A client for some controllers of one database and one bearer secret.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    controllers: Controllers,
     secret: String,
     tally: Tally,
 }
 
 impl Client {
-    /// A client for the controller at `base` (like `http://127.0.0.1:3000`)
+    /// A client for `controllers` (URLs like `http://127.0.0.1:3000`)
     /// speaking with `secret`, counting answers into `tally`.
-    pub fn new(base: &str, secret: &str, tally: Tally) -> Result<Self, CallError> {
+    pub fn new(controllers: Controllers, secret: &str, tally: Tally) -> Result<Self, CallError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -152,13 +250,13 @@ impl Client {
             .map_err(CallError::Transport)?;
         Ok(Client {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            controllers,
             secret: secret.trim().to_string(),
             tally,
         })
     }
 
-    /// The same controller with another secret (and the same tally).
+    /// The same controllers with another secret (and the same tally).
     pub fn with_secret(&self, secret: &str) -> Self {
         Client {
             secret: secret.trim().to_string(),
@@ -171,24 +269,79 @@ impl Client {
         &self.tally
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&self.secret)
+    /// The URL of the controller asked now.
+    pub fn controller(&self) -> &str {
+        self.controllers.current().1
+    }
+
+    /// Makes `call` on each controller in turn, from the one asked now,
+    /// until one answers: for calls made once (registering, the first
+    /// heartbeat), where a dead first controller would otherwise decide.
+    pub async fn first_answer<T, F, Fut>(&self, mut call: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let mut left = self.controllers.len();
+        loop {
+            match call().await {
+                Err(e) if e.moves_on() && left > 1 => left -= 1,
+                answer => return answer,
+            }
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> Request {
+        let (at, base) = self.controllers.current();
+        Request {
+            at,
+            builder: self
+                .http
+                .request(method, format!("{base}{path}"))
+                .bearer_auth(&self.secret),
+        }
     }
 
     async fn send(
         &self,
         route: &'static str,
-        request: RequestBuilder,
+        request: Request,
     ) -> Result<reqwest::Response, CallError> {
-        let response = match request.send().await {
-            Ok(r) => r,
+        let failed = match request.builder.send().await {
+            Ok(response) => self.answer(route, response).await,
             Err(e) => {
                 self.tally.record(route, 0);
-                return Err(CallError::Transport(e));
+                Err(CallError::Transport(e))
             }
         };
+        if let Err(error) = &failed {
+            if error.moves_on() {
+                self.move_on(route, request.at, error);
+            }
+        }
+        failed
+    }
+
+    /// The next call goes to the next controller; the failed one is retried
+    /// there by the caller's own backoff, like any failure.
+    fn move_on(&self, route: &'static str, at: usize, error: &CallError) {
+        let gone = self.controllers.urls.get(at).map_or("", String::as_str);
+        if let Some(next) = self.controllers.failed(at) {
+            tracing::warn!(
+                route,
+                controller = gone,
+                next,
+                %error,
+                "controller did not answer; moving to the next one"
+            );
+        }
+    }
+
+    async fn answer(
+        &self,
+        route: &'static str,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, CallError> {
         let status = response.status();
         self.tally.record(route, status.as_u16());
         if status.is_success() || status == StatusCode::UNPROCESSABLE_ENTITY && route == "telemetry"
@@ -344,5 +497,127 @@ impl Client {
             )
             .await?;
         Self::json(response).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A failure moves every clone to the next controller, round the list;
+    /// a second failure of the same controller (a concurrent call) moves
+    /// nothing more; one controller stays itself.
+    #[test]
+    fn controllers_rotate_once_per_failure() {
+        let list = Controllers::new(["http://a/", "http://b", "http://c"]).expect("three");
+        let other = list.clone();
+        assert_eq!(list.current(), (0, "http://a"));
+        assert_eq!(list.failed(0), Some("http://b"));
+        assert_eq!(other.current(), (1, "http://b"), "clones share the move");
+        assert_eq!(other.failed(0), None, "a stale failure moves nothing");
+        assert_eq!(list.current(), (1, "http://b"));
+        assert_eq!(list.failed(1), Some("http://c"));
+        assert_eq!(list.failed(2), Some("http://a"), "round the list");
+
+        let one = Controllers::new(["http://a"]).expect("one");
+        assert_eq!(one.failed(0), None);
+        assert_eq!(one.current(), (0, "http://a"));
+        assert!(Controllers::new(Vec::<String>::new()).is_none());
+    }
+
+    /// No answer and 502/503/504 move on; any other answer, 4xx and 500
+    /// included, is the database's word and would be the same elsewhere.
+    #[test]
+    fn which_errors_move_on() {
+        let status = |code: u16| CallError::Status {
+            status: StatusCode::from_u16(code).expect("valid"),
+            message: String::new(),
+            retry_after: None,
+        };
+        for code in [502, 503, 504] {
+            assert!(status(code).moves_on(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 422, 429, 500] {
+            assert!(!status(code).moves_on(), "{code}");
+        }
+        assert!(!CallError::Decode("x".into()).moves_on());
+    }
+
+    /// A loopback URL where nothing listens.
+    fn dead_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// A controller that answers every request with `status` and `body`.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    const BEAT: &str = r#"{"serverTime":1,"cancelled":[]}"#;
+
+    /// A dead controller, then one answering 503, then a live one: each
+    /// failed call sends the next to the next controller, and
+    /// `first_answer` gets through in one go.
+    #[tokio::test]
+    async fn calls_fail_over_to_the_next_controller() {
+        let dead = dead_url();
+        let unavailable = answering("503 Service Unavailable", "{}").await;
+        let live = answering("200 OK", BEAT).await;
+        let list = Controllers::new([&dead, &unavailable, &live]).expect("three");
+        let client = Client::new(list, "t", Tally::default()).expect("client");
+
+        let first = client.heartbeat().await.expect_err("nothing listens");
+        assert!(matches!(first, CallError::Transport(_)), "{first}");
+        assert_eq!(client.controller(), unavailable);
+        let second = client.heartbeat().await.expect_err("503");
+        assert_eq!(second.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(client.controller(), live);
+        assert_eq!(client.heartbeat().await.expect("answers").server_time, 1);
+        assert_eq!(client.controller(), live, "stays with the one that answers");
+
+        let again = Controllers::new([&dead, &unavailable, &live]).expect("three");
+        let client = Client::new(again, "t", Tally::default()).expect("client");
+        let beat = client
+            .first_answer(|| client.heartbeat())
+            .await
+            .expect("the third answers");
+        assert_eq!(beat.server_time, 1);
+    }
+
+    /// A 4xx is an answer: the client stays, and `first_answer` returns it
+    /// without asking the others.
+    #[tokio::test]
+    async fn a_refusal_does_not_move_on() {
+        let refusing = answering("401 Unauthorized", r#"{"error":"no","code":"x"}"#).await;
+        let live = answering("200 OK", BEAT).await;
+        let list = Controllers::new([&refusing, &live]).expect("two");
+        let client = Client::new(list, "t", Tally::default()).expect("client");
+        let refused = client
+            .first_answer(|| client.heartbeat())
+            .await
+            .expect_err("401");
+        assert_eq!(refused.status(), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(client.controller(), refusing);
     }
 }

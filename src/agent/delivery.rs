@@ -659,7 +659,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
-        Client::new(&format!("http://127.0.0.1:{port}"), "t", Default::default()).expect("client")
+        let controllers =
+            super::super::client::Controllers::new([format!("http://127.0.0.1:{port}")])
+                .expect("one controller");
+        Client::new(controllers, "t", Default::default()).expect("client")
     }
 
     /// Against a port where nothing listens, samples are kept (not dropped),

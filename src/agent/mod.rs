@@ -1,7 +1,8 @@
 //! The worker agent and the fleet simulator (SPEC "The worker agent").
 //! Shares only `crate::wire` (and `clock`, `files`) with the server.
 //!
-//! - [`client`]: the REST calls, with timeouts and a tally of answers.
+//! - [`client`]: the REST calls, with timeouts, a tally of answers, and
+//!   failover between the controllers given.
 //! - [`sampler`]: the build's process tree from `/proc` (pure parsing plus
 //!   one blocking reader run off the async runtime).
 //! - [`delivery`]: buffer, batches, backoff, circuit breaker.
@@ -27,7 +28,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::wire::RegisterWorker;
-use client::{CallError, Client, Tally};
+use client::{CallError, Client, Controllers, Tally};
 
 pub use simulate::SimulateArgs;
 
@@ -39,6 +40,30 @@ fn parse_poll_wait(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` must be whole seconds between 0s and 60s"));
     }
     Ok(d)
+}
+
+/// One controller URL: http or https with a host, and nothing the paths of
+/// the routes could not be appended to.
+fn parse_controller(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("`{text}` is not a URL like https://builds.example.org ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(format!(
+            "`{text}` must be an http:// or https:// URL with a host"
+        ));
+    }
+    // The agent speaks with its token; a password in the URL would end up
+    // in logs, which show the controller.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "`{text}` must not carry a user or password: the agent authenticates with its token"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{text}` must not have a query or fragment"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -65,17 +90,41 @@ pub struct AgentCommand {
     pub run: RunArgs,
 }
 
-/// Flags of `freeagent agent` (the worker loop).
+/// `--controller`, for every command that talks to the network.
 #[derive(Args, Clone, Debug)]
-pub struct RunArgs {
-    /// Controller URL, like https://builds.example.org.
+pub struct ControllerUrls {
+    /// Controller URL, like https://builds.example.org; repeat or
+    /// comma-separate for several controllers of one network: when one
+    /// does not answer, the next one is asked.
     #[arg(
         long,
         env = "FREEAGENT_CONTROLLER",
         required = true,
+        value_delimiter = ',',
+        value_parser = parse_controller,
         value_name = "URL"
     )]
-    pub controller: Option<String>,
+    pub controller: Vec<String>,
+}
+
+impl ControllerUrls {
+    /// An HTTP client of all these controllers that sends `secret`,
+    /// counting calls in `tally`.
+    pub fn client(&self, secret: &str, tally: Tally) -> Result<Client, AgentError> {
+        let controllers = Controllers::new(&self.controller)
+            .ok_or_else(|| AgentError::Usage("--controller is required".into()))?;
+        Client::new(controllers, secret, tally).map_err(|source| AgentError::Controller {
+            what: "setting up the HTTP client",
+            source,
+        })
+    }
+}
+
+/// Flags of `freeagent agent` (the worker loop).
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub controllers: ControllerUrls,
 
     /// Platform this machine builds (repeat or comma-separate for several);
     /// a claimed build of another platform is reported failed.
@@ -181,9 +230,8 @@ pub enum AgentAction {
 /// The controller and its admin key, for `agent register` and `simulate`.
 #[derive(Args, Clone, Debug)]
 pub struct AdminConnection {
-    /// Controller URL, like https://builds.example.org.
-    #[arg(long, env = "FREEAGENT_CONTROLLER", value_name = "URL")]
-    pub controller: String,
+    #[command(flatten)]
+    pub controllers: ControllerUrls,
 
     /// The controller's admin key (ask the network's operator).
     #[arg(
@@ -198,12 +246,7 @@ pub struct AdminConnection {
 impl AdminConnection {
     /// An HTTP client that sends the admin key, counting calls in `tally`.
     pub fn client(&self, tally: Tally) -> Result<Client, AgentError> {
-        Client::new(&self.controller, &self.admin_key, tally).map_err(|source| {
-            AgentError::Controller {
-                what: "setting up the HTTP client",
-                source,
-            }
-        })
+        self.controllers.client(&self.admin_key, tally)
     }
 }
 
@@ -356,7 +399,7 @@ async fn register(args: RegisterArgs) -> Result<ExitCode, AgentError> {
         memory_mb,
     };
     let registered = client
-        .register(&body)
+        .first_answer(|| client.register(&body))
         .await
         .map_err(|source| AgentError::Controller {
             what: "registering this worker",
@@ -365,6 +408,7 @@ async fn register(args: RegisterArgs) -> Result<ExitCode, AgentError> {
     write_token(&path, &registered.token).await?;
     tracing::info!(
         worker_id = registered.worker_id,
+        controller = client.controller(),
         cpu_cores,
         memory_mb,
         "worker registered"
@@ -440,6 +484,73 @@ mod tests {
 
         assert!(parse(&["agent", "--platform", "linux"]).is_err());
         assert!(parse(&run("500ms")).is_err());
+    }
+
+    /// `--controller` takes several URLs, repeated and comma-separated, in
+    /// order; each must be an http(s) URL the routes can be appended to.
+    #[test]
+    fn several_controllers_parse() {
+        let run = |controllers: &[&'static str]| {
+            let mut args = vec!["agent"];
+            for &c in controllers {
+                args.extend(["--controller", c]);
+            }
+            args.extend(["--platform", "linux", "--build-command", "make"]);
+            parse(&args)
+        };
+        let Top::Agent(cmd) =
+            run(&["http://a:1,https://b.example/", "http://c:3/sub"]).expect("parses")
+        else {
+            panic!("agent")
+        };
+        assert_eq!(
+            cmd.run.controllers.controller,
+            vec!["http://a:1", "https://b.example", "http://c:3/sub"]
+        );
+        for bad in [
+            "builds.example.org",
+            "ftp://a",
+            "http://a,",
+            "http://user:pw@a",
+            "http://a/?x=1",
+            "",
+        ] {
+            assert!(run(&[bad]).is_err(), "{bad:?}");
+        }
+        assert!(run(&[]).is_err(), "at least one");
+
+        let Top::Agent(cmd) = parse(&[
+            "agent",
+            "register",
+            "--controller",
+            "http://a,http://b",
+            "--controller",
+            "http://c",
+            "--admin-key",
+            "k",
+            "--name",
+            "n",
+            "--platform",
+            "linux",
+        ])
+        .expect("parses") else {
+            panic!("agent")
+        };
+        let Some(AgentAction::Register(r)) = cmd.action else {
+            panic!("register")
+        };
+        assert_eq!(
+            r.admin.controllers.controller,
+            vec!["http://a", "http://b", "http://c"]
+        );
+        assert!(parse(&[
+            "simulate",
+            "--controller",
+            "http://a,nope",
+            "--admin-key",
+            "k"
+        ])
+        .is_err());
     }
 
     /// Every flag has help text.

@@ -192,10 +192,6 @@ async fn cancelled_on_controller(cancels: &Cancels, id: i64, delivery: Option<&D
 
 /// Runs the worker loop until SIGINT/SIGTERM.
 pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
-    let controller = args
-        .controller
-        .clone()
-        .ok_or_else(|| AgentError::Usage("--controller is required".into()))?;
     let command = args
         .build_command
         .clone()
@@ -205,16 +201,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
     }
     let token_file = token_path(args.token_file.clone())?;
     let token = read_token(&token_file).await?;
-    let client = Client::new(&controller, &token, Tally::default()).map_err(|source| {
-        AgentError::Controller {
-            what: "setting up the HTTP client",
-            source,
-        }
-    })?;
+    let client = args.controllers.client(&token, Tally::default())?;
     let shutdown = Shutdown::install(None)?;
 
     // A refused token is fatal and better said at once than on every poll.
-    match client.heartbeat().await {
+    match client.first_answer(|| client.heartbeat()).await {
         Err(e @ CallError::Status { status, .. })
             if status.is_client_error() && status.as_u16() != 429 =>
         {
@@ -243,7 +234,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
     let status_writer = tokio::spawn(status::keep_writing(
         status_file.clone(),
         board.clone(),
-        client.tally().clone(),
+        client.clone(),
     ));
     let memory_mb = sampler::memory_mb().await.unwrap_or(16_777_216) as f64;
     let mut worker = Worker {
@@ -261,7 +252,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         args,
     };
     tracing::info!(
-        controller = %controller,
+        controllers = ?worker.args.controllers.controller,
         platforms = ?worker.args.platform,
         interval_s = worker.args.interval.as_secs(),
         telemetry = !worker.args.no_telemetry,
@@ -272,7 +263,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
     heartbeat.abort();
     worker.drain_backlog().await;
     status_writer.abort();
-    status::write_stopped(&status_file, &worker.board, worker.client.tally()).await;
+    status::write_stopped(&status_file, &worker.board, &worker.client).await;
     if worker.args.work_root.is_none() {
         // Only the folder the agent made up itself; a given one may hold
         // the volunteer's own files.
@@ -293,7 +284,7 @@ async fn heartbeat_loop(client: Client, every: Duration, mut shutdown: Shutdown,
         if !shutdown.sleep(every).await {
             return;
         }
-        match client.heartbeat().await {
+        match client.first_answer(|| client.heartbeat()).await {
             Ok(beat) => {
                 cancels.mark(&beat.cancelled);
                 if failing {

@@ -96,7 +96,7 @@ pub async fn run(args: SimulateArgs) -> Result<ExitCode, AgentError> {
             memory_mb: SIM_MEMORY_MB,
         };
         let registered = admin
-            .register(&body)
+            .first_answer(|| admin.register(&body))
             .await
             .map_err(|source| AgentError::Controller {
                 what: "registering a simulated worker",

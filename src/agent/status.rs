@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::client::Tally;
+use super::client::Client;
 use super::delivery::Delivery;
 use super::{token_path, AgentError};
 use crate::cache::lock;
@@ -45,6 +45,10 @@ pub struct AgentStatus {
     pub breaker_open: bool,
     /// The controller's latest answer: call, status (0: none came), when.
     pub last_answer: Option<(String, u16, i64)>,
+    /// The controller asked now (of those given, the one that last
+    /// answered). Absent in files of older agents.
+    #[serde(default)]
+    pub controller: Option<String>,
 }
 
 /// A build the agent runs.
@@ -85,7 +89,8 @@ impl Board {
         self.with(|b| b.deliveries = deliveries);
     }
 
-    fn snapshot(&self, tally: &Tally, running: bool) -> AgentStatus {
+    fn snapshot(&self, client: &Client, running: bool) -> AgentStatus {
+        let tally = client.tally();
         self.with(|b| AgentStatus {
             pid: std::process::id(),
             updated_at: now_ms(),
@@ -96,6 +101,7 @@ impl Board {
             last_answer: tally
                 .last()
                 .map(|last| (last.route.to_string(), last.status, last.at)),
+            controller: Some(client.controller().to_string()),
         })
     }
 }
@@ -121,17 +127,17 @@ async fn write(path: &Path, status: &AgentStatus) {
 }
 
 /// Rewrites the status file every second until aborted.
-pub async fn keep_writing(path: PathBuf, board: Board, tally: Tally) {
+pub async fn keep_writing(path: PathBuf, board: Board, client: Client) {
     let mut ticks = tokio::time::interval(WRITE_EVERY);
     loop {
         ticks.tick().await;
-        write(&path, &board.snapshot(&tally, true)).await;
+        write(&path, &board.snapshot(&client, true)).await;
     }
 }
 
 /// Marks the status file stopped.
-pub async fn write_stopped(path: &Path, board: &Board, tally: &Tally) {
-    let mut status = board.snapshot(tally, false);
+pub async fn write_stopped(path: &Path, board: &Board, client: &Client) {
+    let mut status = board.snapshot(client, false);
     status.build = None;
     write(path, &status).await;
 }
@@ -166,6 +172,9 @@ pub fn describe(status: &AgentStatus, now: i64) -> String {
             ),
             None => "no build: waiting for one".into(),
         });
+    }
+    if let Some(controller) = &status.controller {
+        lines.push(format!("controller: {controller}"));
     }
     lines.push(format!("unsent samples: {}", status.unsent_samples));
     lines.push(format!(
@@ -236,6 +245,7 @@ mod tests {
             unsent_samples: 12,
             breaker_open: true,
             last_answer: Some(("telemetry".into(), 0, 99_000)),
+            controller: Some("http://b.example:3000".into()),
         };
         let text = describe(&status, 101_000);
         assert!(text.contains("agent 42 running"), "{text}");
@@ -244,6 +254,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("unsent samples: 12"), "{text}");
+        assert!(text.contains("controller: http://b.example:3000"), "{text}");
         assert!(text.contains("paused"), "{text}");
         assert!(
             text.contains("last controller answer: telemetry no answer, 2s ago"),

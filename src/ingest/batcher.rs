@@ -50,7 +50,8 @@ async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_
                     let _ = answer.send(result);
                 }
             }
-            Err(_) => {
+            Err(error) => {
+                tracing::error!(%error, requests = answers.len(), "a telemetry batch was not stored");
                 for answer in answers {
                     let _ = answer.send(Err(AppError::Unavailable));
                 }

@@ -170,13 +170,19 @@ impl Controller {
 
     /// Registers a worker with `freeagent agent register`; returns its token file.
     fn register(&self, name: &str) -> PathBuf {
+        self.register_via(&self.url(), name)
+    }
+
+    /// Registers a worker through `--controller controllers` (one URL or
+    /// several, comma-separated); returns its token file.
+    fn register_via(&self, controllers: &str, name: &str) -> PathBuf {
         let token_file = self.dir.join(format!("{name}.token"));
         let out = Command::new(BIN)
             .args([
                 "agent",
                 "register",
                 "--controller",
-                &self.url(),
+                controllers,
                 "--admin-key",
                 ADMIN_KEY,
             ])
@@ -215,18 +221,24 @@ struct Agent {
 
 impl Agent {
     fn start(controller: &Controller, name: &str, command: &str, extra: &[&str]) -> Agent {
-        let token_file = controller.register(name);
+        Agent::start_via(controller, &controller.url(), name, command, extra)
+    }
+
+    /// An agent registered and run with `--controller controllers`, which
+    /// reach `controller` among others.
+    fn start_via(
+        controller: &Controller,
+        controllers: &str,
+        name: &str,
+        command: &str,
+        extra: &[&str],
+    ) -> Agent {
+        let token_file = controller.register_via(controllers, name);
         let log = controller.dir.join(format!("{name}.log"));
         let work_root = controller.dir.join(format!("{name}-work"));
         let out = fs::File::create(&log).expect("agent log");
         let child = Command::new(BIN)
-            .args([
-                "agent",
-                "--controller",
-                &controller.url(),
-                "--platform",
-                "linux",
-            ])
+            .args(["agent", "--controller", controllers, "--platform", "linux"])
             .args(["--build-command", command, "--poll-interval", "200ms"])
             .arg("--token-file")
             .arg(&token_file)
@@ -538,11 +550,7 @@ async fn controller_outage_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut ctl = Controller::start(dir.path(), &[]);
     let times = dir.path().join("times.txt");
-    // About 25 s with a third of a core busy.
-    let cmd = format!(
-        "i=0; while [ $i -lt 25 ]; do timeout 0.3 sh -c 'while :; do :; done'; sleep 0.7; i=$((i+1)); done; times > {}",
-        times.display()
-    );
+    let cmd = third_of_a_core(25, &times);
     let agent = Agent::start(
         &ctl,
         "outage",
@@ -550,11 +558,7 @@ async fn controller_outage_loses_nothing() {
         &["--interval", "1s", "--breaker-cooldown", "3s"],
     );
     let id = ctl.submit("linux").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ctl.build(id).await.snapshot_count < 2 {
-        assert!(Instant::now() < deadline, "no samples arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    first_samples_arrive(&ctl, id).await;
     ctl.kill();
     let killed = Instant::now();
     // While the controller is away, `agent status` shows the build and the
@@ -585,32 +589,11 @@ async fn controller_outage_loses_nothing() {
         .wait_status(id, &["completed", "failed"], Duration::from_secs(90))
         .await;
     assert_eq!(view.status, "completed", "{view:?}");
-    let last_seq = agent.last_seq(id);
-    // Whatever the flush left for later arrives shortly after `complete`.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let view = loop {
-        let view = ctl.build(id).await;
-        if view.snapshot_count >= last_seq || Instant::now() > deadline {
-            break view;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(view.snapshot_count, last_seq, "every sample stored once");
-    let kernel = kernel_cpu(&times);
-    let samples = ctl.snapshots(id).await;
-    check_samples(&samples, kernel);
-    assert!(
-        (view.cpu_seconds - kernel).abs() <= 0.02 * kernel + 0.02,
-        "cpuSeconds {} vs kernel {kernel}",
-        view.cpu_seconds
-    );
+    let (last_seq, cpu_seconds, kernel) = every_sample_arrives(&ctl, &agent, id, &times).await;
     let log = agent.log();
     assert!(log.contains("circuit breaker opened"), "{log}");
     assert!(log.contains("circuit breaker closed"), "{log}");
-    eprintln!(
-        "outage: {last_seq} samples, cpuSeconds {} vs kernel {kernel}",
-        view.cpu_seconds
-    );
+    eprintln!("outage: {last_seq} samples, cpuSeconds {cpu_seconds} vs kernel {kernel}");
 }
 
 /// With a tight rate limit (1 request/s, bursts of 2) that someone else on
@@ -650,16 +633,7 @@ async fn rate_limited_agent_slows_down_and_loses_nothing() {
     assert!(limited > 0, "the hammer itself was limited");
     ctl.wait_status(id, &["completed"], Duration::from_secs(60))
         .await;
-    let last_seq = agent.last_seq(id);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let view = loop {
-        let view = ctl.build(id).await;
-        if view.snapshot_count >= last_seq || Instant::now() > deadline {
-            break view;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(view.snapshot_count, last_seq, "nothing lost");
+    all_samples_stored(&ctl, &agent, id).await;
     let log = agent.log();
     assert!(
         log.contains("telemetry rate limited"),
@@ -885,8 +859,8 @@ async fn volunteer_limits_time_and_niceness() {
 
 /// `agent install-service --print` prints a systemd user unit that
 /// `systemd-analyze verify --user` accepts (skipped, saying so, where it is
-/// missing), running this agent with the same flags (quotes, `%` and `$`
-/// kept); without `--print` the same unit is written under
+/// missing), running this agent with the same flags (every controller,
+/// quotes, `%` and `$` kept); without `--print` the same unit is written under
 /// `$XDG_CONFIG_HOME/systemd/user`.
 #[tokio::test]
 async fn install_service_writes_a_unit_systemd_accepts() {
@@ -897,6 +871,8 @@ async fn install_service_writes_a_unit_systemd_accepts() {
         "install-service",
         "--controller",
         "http://127.0.0.1:9",
+        "--controller",
+        "http://127.0.0.1:10,http://127.0.0.1:11",
         "--platform",
         "linux",
         "--build-command",
@@ -913,7 +889,7 @@ async fn install_service_writes_a_unit_systemd_accepts() {
     assert!(printed.status.success(), "{printed:?}");
     let unit = String::from_utf8(printed.stdout).expect("utf-8");
     assert!(
-        unit.contains(r#""agent" "--controller" "http://127.0.0.1:9" "--platform" "linux""#),
+        unit.contains(r#""agent" "--controller" "http://127.0.0.1:9" "--controller" "http://127.0.0.1:10,http://127.0.0.1:11" "--platform" "linux""#),
         "{unit}"
     );
     assert!(
@@ -1129,4 +1105,157 @@ async fn heartbeats_keep_the_lease_during_a_build() {
         "{view:?}"
     );
     assert!(agent.stop().success());
+}
+
+/// The URL of a loopback port where nothing listens (connections refused).
+fn dead_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// A build command of about `seconds` s with a third of a core busy, which
+/// writes the kernel's account of its CPU time to `times`.
+fn third_of_a_core(seconds: u32, times: &Path) -> String {
+    format!(
+        "i=0; while [ $i -lt {seconds} ]; do timeout 0.3 sh -c 'while :; do :; done'; sleep 0.7; i=$((i+1)); done; times > {}",
+        times.display()
+    )
+}
+
+/// Waits until build `id` has its first two samples stored.
+async fn first_samples_arrive(ctl: &Controller, id: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ctl.build(id).await.snapshot_count < 2 {
+        assert!(Instant::now() < deadline, "no samples arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every one of finished build `id`'s `last_seq` samples is
+/// stored (what the flush left for later arrives shortly after `complete`),
+/// each once; returns `last_seq` and the build.
+async fn all_samples_stored(ctl: &Controller, agent: &Agent, id: i64) -> (i64, BuildView) {
+    // The agent logs the build finished once `complete` was answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("build finished") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_seq = agent.last_seq(id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let view = ctl.build(id).await;
+        if view.snapshot_count >= last_seq || Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view.snapshot_count, last_seq, "every sample stored once");
+    (last_seq, view)
+}
+
+/// [`all_samples_stored`], and the samples and `cpuSeconds` agree with
+/// the kernel's CPU time in `times`. Returns `last_seq`, `cpuSeconds` and
+/// the kernel's figure.
+async fn every_sample_arrives(
+    ctl: &Controller,
+    agent: &Agent,
+    id: i64,
+    times: &Path,
+) -> (i64, f64, f64) {
+    let (last_seq, view) = all_samples_stored(ctl, agent, id).await;
+    let kernel = kernel_cpu(times);
+    let samples = ctl.snapshots(id).await;
+    assert_eq!(samples.len() as i64, last_seq);
+    check_samples(&samples, kernel);
+    assert!(
+        (view.cpu_seconds - kernel).abs() <= 0.02 * kernel + 0.02,
+        "cpuSeconds {} vs kernel {kernel}",
+        view.cpu_seconds
+    );
+    (last_seq, view.cpu_seconds, kernel)
+}
+
+/// The first of two controllers refuses connections: `agent register` uses
+/// the second, and the agent moves to it, says so (with the URL, never the
+/// token), and runs a build whose every sample arrives.
+#[tokio::test]
+async fn dead_first_controller_costs_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    let dead = dead_url();
+    let controllers = format!("{dead},{}", ctl.url());
+    let times = dir.path().join("times.txt");
+    let cmd = format!(
+        "timeout 3 sh -c 'while :; do :; done'; times > {}",
+        times.display()
+    );
+    let mut agent = Agent::start_via(&ctl, &controllers, "second", &cmd, &["--interval", "1s"]);
+    let id = ctl.submit("linux").await;
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(40))
+        .await;
+    assert_eq!(view.status, "completed", "{view:?}\n{}", agent.log());
+    every_sample_arrives(&ctl, &agent, id, &times).await;
+
+    let log = agent.log();
+    let moved = log
+        .lines()
+        .find(|l| l.contains("moving to the next one"))
+        .unwrap_or_else(|| panic!("no failover logged:\n{log}"));
+    assert!(moved.contains(&dead), "{moved}");
+    assert!(moved.contains(&ctl.url()), "{moved}");
+    let token = fs::read_to_string(&agent.token_file).expect("token");
+    assert!(!log.contains(token.trim()), "never logs a token: {log}");
+    let (running, shown) = agent.status();
+    assert!(running, "{shown}");
+    assert!(
+        shown.contains(&format!("controller: {}\n", ctl.url())),
+        "{shown}"
+    );
+    assert!(agent.stop().success());
+}
+
+/// The controller the agent uses dies in the middle of a build and comes
+/// back (same database) only at the second URL the agent was given: the
+/// agent moves there, completes the build, and loses no sample. Without
+/// failover it would ask the dead URL forever.
+#[tokio::test]
+async fn controller_dying_mid_build_hands_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ctl = Controller::start(dir.path(), &[]);
+    let first = ctl.url();
+    let spare = free_port();
+    let second = format!("http://127.0.0.1:{spare}");
+    let controllers = format!("{first},{second}");
+    let times = dir.path().join("times.txt");
+    let cmd = third_of_a_core(12, &times);
+    let agent = Agent::start_via(
+        &ctl,
+        &controllers,
+        "handover",
+        &cmd,
+        &["--interval", "1s", "--breaker-cooldown", "2s"],
+    );
+    let id = ctl.submit("linux").await;
+    first_samples_arrive(&ctl, id).await;
+    ctl.kill();
+    ctl.port = spare;
+    ctl.launch();
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(60))
+        .await;
+    assert_eq!(view.status, "completed", "{view:?}\n{}", agent.log());
+    assert_eq!(view.attempt, 1, "the same attempt carried on: {view:?}");
+    every_sample_arrives(&ctl, &agent, id, &times).await;
+
+    let log = agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("moving to the next one") && l.contains(&second)),
+        "{log}"
+    );
+    let (_, shown) = agent.status();
+    assert!(
+        shown.contains(&format!("controller: {second}\n")),
+        "{shown}"
+    );
 }

@@ -147,11 +147,12 @@ async fn update_builds(conn: &mut PgConnection, builds: &[BuildUpdate]) -> Resul
         return Ok(());
     }
     sqlx::query(
-        "UPDATE builds SET cpu_micros = cpu_micros + v.cpu_delta,
-           peak_memory_mb = v.peak_memory_mb, snapshot_count = snapshot_count + v.accepted,
-           newest_sampled_at = coalesce(v.newest_at, newest_sampled_at),
-           newest_cpu_percent = coalesce(v.newest_cpu_percent, newest_cpu_percent),
-           oldest_raw_received_at = coalesce(oldest_raw_received_at, v.first_received)
+        "UPDATE builds SET cpu_micros = builds.cpu_micros + v.cpu_delta,
+           peak_memory_mb = v.peak_memory_mb,
+           snapshot_count = builds.snapshot_count + v.accepted,
+           newest_sampled_at = coalesce(v.newest_at, builds.newest_sampled_at),
+           newest_cpu_percent = coalesce(v.newest_cpu_percent, builds.newest_cpu_percent),
+           oldest_raw_received_at = coalesce(builds.oldest_raw_received_at, v.first_received)
          FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::DOUBLE PRECISION[], $4::BIGINT[],
                      $5::BIGINT[], $6::DOUBLE PRECISION[], $7::BIGINT[])
               AS v (id, cpu_delta, peak_memory_mb, accepted, newest_at, newest_cpu_percent,
