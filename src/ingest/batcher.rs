@@ -1,7 +1,11 @@
 //! The telemetry batcher: every request that queued while the previous
-//! batch was being committed is stored as one storage job.
+//! batch was being committed is stored as one storage job. SQLite's single
+//! writer takes one batch at a time; Postgres stores a few at once, each
+//! under its own builds' locks.
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{AppError, Result};
 use crate::storage::{Storage, TelemetryRequest};
@@ -41,20 +45,37 @@ impl TelemetryQueue {
 }
 
 async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_ms: i64) {
-    let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
-    while queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await > 0 {
-        let (requests, answers): (Vec<TelemetryRequest>, Vec<_>) = batch.drain(..).unzip();
-        match storage.store_telemetry(requests, grace_ms).await {
-            Ok(results) => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(result);
-                }
+    // A batch is taken from the queue only once a store is free, so that
+    // requests keep gathering into the next batch while the stores work.
+    let stores = Arc::new(Semaphore::new(storage.concurrent_telemetry_stores()));
+    loop {
+        let Ok(free) = stores.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
+        if queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await == 0 {
+            return;
+        }
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            store_batch(&storage, batch, grace_ms).await;
+            drop(free);
+        });
+    }
+}
+
+async fn store_batch(storage: &Storage, batch: Vec<Queued>, grace_ms: i64) {
+    let (requests, answers): (Vec<TelemetryRequest>, Vec<_>) = batch.into_iter().unzip();
+    match storage.store_telemetry(requests, grace_ms).await {
+        Ok(results) => {
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result);
             }
-            Err(error) => {
-                tracing::error!(%error, requests = answers.len(), "a telemetry batch was not stored");
-                for answer in answers {
-                    let _ = answer.send(Err(AppError::Unavailable));
-                }
+        }
+        Err(error) => {
+            tracing::error!(%error, requests = answers.len(), "a telemetry batch was not stored");
+            for answer in answers {
+                let _ = answer.send(Err(AppError::Unavailable));
             }
         }
     }

@@ -380,6 +380,16 @@ impl Storage {
         }
     }
 
+    /// How many telemetry batches are worth storing at once: SQLite's
+    /// single writer takes them in turn anyway; Postgres runs each on its
+    /// own connection and groups their commits.
+    pub fn concurrent_telemetry_stores(&self) -> usize {
+        match &self.backend {
+            Backend::Sqlite(_) => 1,
+            Backend::Postgres(_) => postgres::CONCURRENT_TELEMETRY_STORES,
+        }
+    }
+
     /// The backend's name, for logs and metrics.
     pub fn backend_name(&self) -> &'static str {
         match &self.backend {

@@ -42,6 +42,11 @@ const QUEUE_CHANNEL: &str = "freeagent_queue";
 /// and a few controllers must fit under it with room for `psql`.
 const POOL_SIZE: u32 = 16;
 
+/// Telemetry batches one controller stores at once: enough to keep both
+/// the controller and Postgres busy while others commit, few enough to
+/// leave most of the pool to claims, transitions and reads.
+pub const CONCURRENT_TELEMETRY_STORES: usize = 4;
+
 /// The database handles of one controller.
 #[derive(Clone)]
 pub struct Database {
