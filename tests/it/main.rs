@@ -26,6 +26,8 @@
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
 //! - `layers`: the crate's imports point one way (reads `src/`).
+//! - `multi`: three controller processes on one Postgres database (runs in
+//!   the Postgres pass).
 
 mod common;
 mod postgres;
@@ -44,3 +46,4 @@ mod concurrency;
 mod crash;
 mod invariants;
 mod layers;
+mod multi;
