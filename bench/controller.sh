@@ -399,6 +399,13 @@ pg_fresh_db() { # NAME
   timeout 120 "$BIN" purge --database-url "$PG_BASE/$1" --retention-days 30 >/dev/null 2>>"$dir/server.log"
 }
 
+# Commits in DB, and the cluster's WAL fsyncs and bytes so far.
+pg_counters() { # DB
+  psql -X -qAt -F ' ' "$PG_BASE/postgres" -c "SELECT
+    (SELECT xact_commit FROM pg_stat_database WHERE datname = '$1'), wal_sync, wal_bytes
+    FROM pg_stat_wal"
+}
+
 pg_seeded=""
 pg_seed_once() {
   [ -z "$pg_seeded" ] || return 0
@@ -427,12 +434,16 @@ bench_postgres() { # N
   log "single-sample telemetry over $n controller(s): 3 s warm-up, ${LOAD_S} s measured"
   spread_wrk "$m-warm-single" 0 "$SINGLE_CONNS" 3 telemetry.lua
   before=$(stored_samples)
+  sleep 2  # Postgres publishes a backend's counters up to 1 s after it goes idle
+  local c0 c1
+  read -r -a c0 < <(pg_counters "bench_$n")
   cpu0=$(cpu_seconds "${servers[@]}"); pgcpu0=$(cpu_seconds $(pg_pids)); busy0=$(machine_busy)
   spread_wrk "$m-single" 30000000 "$SINGLE_CONNS" "$LOAD_S" telemetry.lua --latency
   ctl_cpu=$(calc "printf \"%.1f\", $(cpu_seconds "${servers[@]}") - $cpu0")
   pg_cpu=$(calc "printf \"%.1f\", $(cpu_seconds $(pg_pids)) - $pgcpu0")
   pg_busy=$(calc "printf \"%.0f\", ($(machine_busy) - $busy0) / $LOAD_S * 100")
-  sleep 0.5
+  sleep 2
+  read -r -a c1 < <(pg_counters "bench_$n")
   local single_stored_n batch_stored_n
   single_stored_n=$(( $(stored_samples) - before ))
 
@@ -446,8 +457,12 @@ bench_postgres() { # N
   sreq=$(spread_field "$m-single" requests); breq=$(spread_field "$m-batch" requests)
   bbad=$(spread_field "$m-batch" non2xx)
   ssock=$(spread_field "$m-single" sockerr); bsock=$(spread_field "$m-batch" sockerr)
+  local commits=$((c1[0] - c0[0])) fsyncs=$((c1[1] - c0[1])) walb=$((c1[2] - c0[2]))
   echo "postgres:$n: single-sample $sreq requests, $single_stored_n samples stored" \
-    "($(verdict "$single_stored_n >= $sreq")); batches $breq requests, ${bbad:-0} non-2xx," \
+    "($(verdict "$single_stored_n >= $sreq")) in $commits commits" \
+    "($(calc "printf \"%.1f\", $sreq / ($commits ? $commits : 1)")/commit)," \
+    "$fsyncs WAL fsyncs ($(calc "printf \"%.1f\", $sreq / ($fsyncs ? $fsyncs : 1)")/fsync)," \
+    "$(calc "printf \"%.0f\", $walb / ($sreq ? $sreq : 1)") WAL bytes/request; batches $breq requests, ${bbad:-0} non-2xx," \
     "$batch_stored_n samples stored ($(verdict "${bbad:-0} == 0 && $batch_stored_n >= $breq * 1000"))" \
     "${ssock:+socket errors, single-sample: $ssock; }${bsock:+socket errors, batches: $bsock}" >>"$dir/compare-extra"
   stop_servers
