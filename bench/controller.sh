@@ -27,7 +27,7 @@
 # bench/seed.py, seeded once, shared by the Postgres modes) is separate from
 # the fresh one each mode's loads write into. One table compares the modes.
 #
-#   bench/controller.sh                   build, then the full run (~12 min)
+#   bench/controller.sh                   build, then the full run (~6 min)
 #   BENCH_NO_BUILD=1 bench/controller.sh  use target/release/freeagent as is
 #   BENCH_BACKENDS=sqlite bench/controller.sh     SQLite alone, as before
 #   BENCH_BACKENDS=postgres:3 bench/controller.sh three controllers on Postgres
