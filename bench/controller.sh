@@ -85,8 +85,10 @@ server=""     # the one SQLite controller (its RSS is measured)
 servers=()    # every controller running now
 watcher=""
 pg_dir=""     # the Postgres cluster, once started
+wrk_pids=()   # spread_wrk's wrk runs under way
 cleanup() {
   [ -n "$watcher" ] && kill "$watcher" 2>/dev/null || true
+  for pid in ${wrk_pids[@]+"${wrk_pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
   stop_servers
   if [ -n "$pg_dir" ]; then
     timeout 60 scripts/postgres.sh stop "$pg_dir" >/dev/null 2>&1 || true
@@ -198,9 +200,11 @@ spread_wrk() {
       -s "bench/$script" "${urls[$j]}" >"$dir/$name.$j.wrk" 2>&1 &
     pids+=($!)
   done
+  wrk_pids=("${pids[@]}")
   for j in $(seq 0 $((n - 1))); do
     wait "${pids[$j]}" || { cat "$dir/$name.$j.wrk" >&2; failed=1; }
   done
+  wrk_pids=()
   [ -z "$failed" ] || exit 1
 }
 
