@@ -418,12 +418,13 @@ impl Duty {
         )
     }
 
-    /// How long a duty's lease lasts: half the workers' lease timeout, so
-    /// that when its holder dies another controller takes the duty over
-    /// within one lease timeout (half of it to expire, then at most one
-    /// renewal period, itself at most a quarter).
+    /// How long a duty's lease lasts: a third of the workers' lease
+    /// timeout, so that when its holder dies another controller takes the
+    /// duty over well within one lease timeout (a third for the lease to
+    /// run out, then at most one renewal period, itself at most a quarter),
+    /// while a live holder renews it at least once before it runs out.
     pub fn lease_ms(lease_timeout: std::time::Duration) -> i64 {
-        (lease_timeout / 2).as_millis().max(1) as i64
+        (lease_timeout / 3).as_millis().max(1) as i64
     }
 
     fn name(self) -> &'static str {
