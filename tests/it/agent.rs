@@ -1386,8 +1386,10 @@ async fn only_when_idle_case(window: Option<&str>, busy_for: Duration) {
         "claimed {:.1} s after the foreign load ended (window {window_s} s)",
         ended.elapsed().as_secs_f64()
     );
-    ctl.wait_status(id, &["completed"], Duration::from_secs(30))
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(30))
         .await;
+    assert_eq!(view.status, "completed", "{view:?}\n{}", agent.log());
 }
 
 /// The cgroup of `hierarchy` (`cpu`, `memory`) that process `pid` is in,
