@@ -8,13 +8,17 @@
 //! - [`delivery`]: buffer, batches, backoff, circuit breaker.
 //! - [`runner`]: the worker loop: heartbeat, long poll, start, run,
 //!   complete; cancelled builds end, a stopped agent gives its build back.
+//! - [`idle`]: `--only-when-idle`, the machine's own load over a minute.
+//! - [`cgroup`]: `--cpu-limit` and `--memory-limit`, a cgroup a build.
 //! - [`service`]: `install-service`, the systemd user unit.
 //! - [`status`]: the status file the agent keeps and `agent status`.
 //! - [`simulate`]: many synthetic workers through the same client and
 //!   delivery code.
 
+pub mod cgroup;
 pub mod client;
 pub mod delivery;
+pub mod idle;
 pub mod runner;
 pub mod sampler;
 pub mod service;
@@ -211,6 +215,37 @@ pub struct RunArgs {
     /// machine's own work comes first.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: i32,
+
+    /// Claim a build only when this machine's own load (everything but the
+    /// agent and its builds) has stayed under one busy core for the last
+    /// minute; until then the agent heartbeats and waits.
+    #[arg(long)]
+    pub only_when_idle: bool,
+
+    /// The window `--only-when-idle` looks back over. For tests, which
+    /// cannot wait a minute; volunteers keep the minute.
+    #[arg(long, hide = true, default_value = "60s", value_parser = parse_duration)]
+    pub idle_window: Duration,
+
+    /// Most cores a build may use, like 2 or 2.5 (its own cgroup; the agent
+    /// exits at start when it cannot create one).
+    #[arg(long, value_name = "C", value_parser = cgroup::parse_cpu_limit)]
+    pub cpu_limit: Option<f64>,
+
+    /// Most memory a build may use, like 512M or 4G (its own cgroup); a
+    /// build past it is ended and reported failed, naming the limit.
+    #[arg(long, value_name = "M", value_parser = cgroup::parse_memory_limit)]
+    pub memory_limit: Option<cgroup::MemoryLimit>,
+}
+
+impl RunArgs {
+    /// The limits each build's cgroup gets (none: no cgroup).
+    pub fn limits(&self) -> cgroup::Limits {
+        cgroup::Limits {
+            cpu: self.cpu_limit,
+            memory: self.memory_limit.clone(),
+        }
+    }
 }
 
 /// Subcommands of `freeagent agent`.
@@ -221,7 +256,7 @@ pub enum AgentAction {
     Register(RegisterArgs),
     /// Write a systemd user unit that runs the agent with these flags and
     /// starts it with your session (`--print` shows it instead).
-    InstallService(service::InstallServiceArgs),
+    InstallService(Box<service::InstallServiceArgs>),
     /// Print what the agent is doing now: its build, unsent samples,
     /// whether telemetry is paused, the controller's last answer.
     Status(status::StatusArgs),
@@ -296,6 +331,10 @@ pub enum AgentError {
         #[source]
         source: CallError,
     },
+    /// `--cpu-limit`/`--memory-limit` asked for a cgroup this machine
+    /// does not let the agent create.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
     /// The operating system refused something the agent needs.
     #[error("{what}")]
     Io {
@@ -377,7 +416,7 @@ pub async fn read_token(path: &Path) -> Result<String, AgentError> {
 pub async fn run(command: AgentCommand) -> Result<ExitCode, AgentError> {
     match command.action {
         Some(AgentAction::Register(args)) => register(args).await,
-        Some(AgentAction::InstallService(args)) => service::install(args).await,
+        Some(AgentAction::InstallService(args)) => service::install(*args).await,
         Some(AgentAction::Status(args)) => status::show(args).await,
         None => runner::run(command.run).await,
     }

@@ -15,8 +15,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::cgroup::{BuildCgroup, Cgroups};
 use super::client::{CallError, Client, Tally};
 use super::delivery::{backoff_delay, Delivery, DeliveryConfig, DeliveryStats};
+use super::idle::{self, OwnBuild, Verdict};
 use super::sampler::{self, CpuMeter, Units};
 use super::{read_token, status, token_path, AgentError, RunArgs};
 use crate::cache::lock;
@@ -112,6 +114,12 @@ struct Worker {
     shutdown: Shutdown,
     /// Builds the controller cancelled.
     cancels: Cancels,
+    /// Where builds' cgroups go, under `--cpu-limit`/`--memory-limit`.
+    cgroups: Option<Cgroups>,
+    /// The idle meter's verdicts, under `--only-when-idle`.
+    idle: Option<watch::Receiver<Verdict>>,
+    /// The running build, which the idle meter leaves out.
+    own_build: OwnBuild,
     /// What the status file shows.
     board: status::Board,
     /// Deliveries still sending a finished build's backlog.
@@ -166,6 +174,8 @@ enum EndedBy {
     TimeLimit,
     /// SIGINT or SIGTERM.
     Signal,
+    /// The kernel killed a process of it for `--memory-limit`.
+    MemoryLimit,
 }
 
 /// Resolves `limit` after `started`; never without a limit.
@@ -199,6 +209,21 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
     if args.platform.is_empty() {
         return Err(AgentError::Usage("--platform is required".into()));
     }
+    // Before anything is claimed: a volunteer who asked for limits the
+    // machine cannot enforce hears so at once, not after the first build.
+    let limits = args.limits();
+    let cgroups = if limits.is_empty() {
+        None
+    } else {
+        let probed = tokio::task::spawn_blocking(move || Cgroups::probe(limits))
+            .await
+            .map_err(|e| AgentError::Io {
+                what: "probing cgroups",
+                source: std::io::Error::other(e),
+            })??;
+        tracing::info!(kind = probed.kind(), cpu_limit = ?probed.limits().cpu, memory_limit = ?probed.limits().memory.as_ref().map(ToString::to_string), "builds run in cgroups of their own");
+        Some(probed)
+    };
     let token_file = token_path(args.token_file.clone())?;
     let token = read_token(&token_file).await?;
     let client = args.controllers.client(&token, Tally::default())?;
@@ -237,16 +262,25 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         client.clone(),
     ));
     let memory_mb = sampler::memory_mb().await.unwrap_or(16_777_216) as f64;
+    let adopter = become_subreaper();
+    let units = Units::of_this_machine();
+    let own_build = OwnBuild::default();
+    let idle = args
+        .only_when_idle
+        .then(|| idle::start(args.idle_window, own_build.clone(), adopter, units));
     let mut worker = Worker {
         client,
         command,
         cores: sampler::cpu_cores(),
         memory_mb,
-        units: Units::of_this_machine(),
+        units,
         work_root,
-        adopter: become_subreaper(),
+        adopter,
         shutdown,
         cancels,
+        cgroups,
+        idle,
+        own_build,
         board,
         backlog: Vec::new(),
         args,
@@ -257,6 +291,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, AgentError> {
         interval_s = worker.args.interval.as_secs(),
         telemetry = !worker.args.no_telemetry,
         cpu_cores = worker.cores,
+        only_when_idle = worker.args.only_when_idle,
         "worker started"
     );
     let result = worker.poll_loop().await;
@@ -319,6 +354,9 @@ impl Worker {
         while !self.shutdown.is_set() {
             self.backlog.retain(|(_, task)| !task.is_finished());
             self.show_deliveries(None);
+            if !self.wait_for_idle().await {
+                break;
+            }
             let asked = Instant::now();
             let polled = tokio::select! {
                 polled = self.client.poll_wait(self.args.poll_wait) => polled,
@@ -359,6 +397,54 @@ impl Worker {
             }
         }
         Ok(false)
+    }
+
+    /// Under `--only-when-idle`, waits (heartbeats go on) until the
+    /// machine's own load has stayed under one busy core for the window;
+    /// false when the signal came first.
+    async fn wait_for_idle(&mut self) -> bool {
+        let Some(mut verdicts) = self.idle.clone() else {
+            return true;
+        };
+        let mut shutdown = self.shutdown.clone();
+        let window = humantime::format_duration(self.args.idle_window);
+        let mut waited = false;
+        loop {
+            let verdict = *verdicts.borrow_and_update();
+            let why = match verdict {
+                Verdict::Load { idle: true, cores } => {
+                    if waited {
+                        tracing::info!(load_cores = cores, "the machine is idle; claiming builds again");
+                    }
+                    self.board.set_waiting(None);
+                    return true;
+                }
+                Verdict::Learning => format!(
+                    "waiting for the machine to be idle (reading its load over the first {window})"
+                ),
+                Verdict::Load { cores, .. } => format!(
+                    "waiting for the machine to be idle (its own load was {cores:.2} cores over the last {window}; builds are claimed under {})",
+                    idle::IDLE_BELOW_CORES
+                ),
+            };
+            if !waited {
+                waited = true;
+                tracing::info!(window = %window, verdict = ?verdict, "waiting for the machine to be idle before claiming a build");
+            }
+            self.board.set_waiting(Some(why));
+            tokio::select! {
+                changed = verdicts.changed() => {
+                    if changed.is_err() {
+                        // The meter is gone (it never stops on its own):
+                        // never claim on a machine no longer watched.
+                        tracing::error!("the idle meter stopped; claiming nothing more");
+                        shutdown.wait().await;
+                        return false;
+                    }
+                }
+                _ = shutdown.wait() => return false,
+            }
+        }
     }
 
     async fn drain_backlog(&mut self) {
@@ -453,13 +539,38 @@ impl Worker {
         let name = format!("build-{id}-{}", build.attempt);
         let work_dir = self.work_root.join(&name);
         let log_path = self.work_root.join(format!("{name}.log"));
+        let cgroup = match &self.cgroups {
+            None => None,
+            Some(cgroups) => {
+                let cgroups = cgroups.clone();
+                let cgroup_name = format!("freeagent-{}-{name}", std::process::id());
+                let made = tokio::task::spawn_blocking(move || cgroups.create(&cgroup_name))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(super::cgroup::CgroupError::Unavailable(format!(
+                            "creating the cgroup failed: {e}"
+                        )))
+                    });
+                match made {
+                    Ok(cgroup) => Some(Arc::new(cgroup)),
+                    Err(e) => {
+                        tracing::error!(build_id = id, error = %e, "could not create the build's cgroup");
+                        let error = format!(
+                            "the worker could not put the build in a cgroup with its limits: {e}"
+                        );
+                        return self.fail(id, error).await;
+                    }
+                }
+            }
+        };
         let spawn = {
             let (cmd, work_dir, log_path) =
                 (self.command.clone(), work_dir.clone(), log_path.clone());
             let platform = build.platform.clone();
             let nice = self.args.nice;
+            let join = cgroup.as_ref().map(|c| c.join_fds()).unwrap_or_default();
             tokio::task::spawn_blocking(move || {
-                spawn_build(&cmd, id, &platform, &work_dir, &log_path, nice)
+                spawn_build(&cmd, id, &platform, &work_dir, &log_path, nice, join)
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -468,11 +579,15 @@ impl Worker {
             Ok(pid) => pid,
             Err(e) => {
                 tracing::error!(build_id = id, error = %e, "could not start the build command");
+                if let Some(cgroup) = cgroup {
+                    let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                }
                 let error = format!("the worker could not start its build command: {e}");
                 return self.fail(id, error).await;
             }
         };
-        tracing::info!(build_id = id, pid, work_dir = %work_dir.display(), "build command started");
+        self.own_build.set(Some(pid));
+        tracing::info!(build_id = id, pid, work_dir = %work_dir.display(), cgroup = ?cgroup.as_ref().map(|c| c.dirs()), "build command started");
 
         let delivery = if self.args.no_telemetry {
             None
@@ -485,9 +600,31 @@ impl Worker {
         };
         self.show_deliveries(delivery.as_ref().map(|(d, _)| d));
         let (ended, meter, seq, ended_by) = self
-            .watch_build(id, pid, delivery.as_ref().map(|(d, _)| d))
+            .watch_build(id, pid, delivery.as_ref().map(|(d, _)| d), cgroup.clone())
             .await;
         self.board.set_build(None);
+        // Whether the memory limit ended it: the kernel's kill counter, or
+        // (kernels that count kills nowhere) a SIGKILL after the limit was
+        // reached. Read before the cgroup goes.
+        let by_memory = match cgroup {
+            Some(cgroup) => {
+                let status = ended.status.clone();
+                let watched = ended_by == Some(EndedBy::MemoryLimit);
+                tokio::task::spawn_blocking(move || {
+                    let by_memory = watched
+                        || (!status.success()
+                            && (cgroup.oom_kills() > 0
+                                || (status == ExitStatus::Signal(libc::SIGKILL)
+                                    && cgroup.hit_memory_limit())));
+                    cgroup.remove();
+                    by_memory
+                })
+                .await
+                .unwrap_or(false)
+            }
+            None => false,
+        };
+        self.own_build.set(None);
         if ended_by == Some(EndedBy::Cancel) {
             // The controller has thrown the build away: nothing more is
             // reported for it, not even its unsent samples.
@@ -528,13 +665,22 @@ impl Worker {
             return ran;
         }
         let timed_out = ended_by == Some(EndedBy::TimeLimit);
-        let success = !timed_out && ended.status.success();
-        let error = match (success, self.args.max_build_time) {
-            (true, _) => None,
-            (false, Some(limit)) if timed_out => Some(format!(
+        let success = !timed_out && !by_memory && ended.status.success();
+        let memory_limit = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.limits().memory.clone());
+        let error = match (success, self.args.max_build_time, memory_limit) {
+            (true, _, _) => None,
+            (false, Some(limit), _) if timed_out => Some(format!(
                 "timed out after {}",
                 humantime::format_duration(limit)
             )),
+            (false, _, Some(limit)) if by_memory => {
+                let status = failure_text(&ended.status, &read_tail(&log_path).await);
+                let text = format!("ended by its memory limit ({limit}): {status}");
+                Some(text.chars().take(ERROR_MAX_CHARS).collect())
+            }
             _ => Some(failure_text(&ended.status, &read_tail(&log_path).await)),
         };
         self.complete(id, CompleteBuild { success, error }).await;
@@ -594,6 +740,7 @@ impl Worker {
         id: i64,
         pid: i32,
         delivery: Option<&Delivery>,
+        cgroup: Option<Arc<BuildCgroup>>,
     ) -> (Ended, CpuMeter, i64, Option<EndedBy>) {
         let interval = self.args.interval;
         let adopter = self.adopter;
@@ -616,6 +763,15 @@ impl Worker {
         let time_limit = self.args.max_build_time;
         let started = Instant::now();
         let units = self.units;
+        // The kernel's kill counter is read often: a build whose process it
+        // killed is ended before it goes on half broken.
+        let memory_watch = cgroup.filter(|_| {
+            self.cgroups
+                .as_ref()
+                .is_some_and(|c| c.limits().memory.is_some())
+        });
+        let mut oom_ticker = tokio::time::interval(Duration::from_millis(500));
+        oom_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ended = loop {
             tokio::select! {
                 result = &mut waiter => {
@@ -647,6 +803,17 @@ impl Worker {
                     tracing::warn!(build_id = id, pid, "the build was cancelled on the controller; ending its process group");
                     ended_by = Some(EndedBy::Cancel);
                     stopping = Some(tokio::spawn(end_group(pid, adopter, self.args.kill_grace)));
+                }
+                _ = oom_ticker.tick(), if stopping.is_none() && memory_watch.is_some() => {
+                    let kills = match memory_watch.clone() {
+                        Some(cgroup) => tokio::task::spawn_blocking(move || cgroup.oom_kills()).await.unwrap_or(0),
+                        None => 0,
+                    };
+                    if kills > 0 {
+                        tracing::warn!(build_id = id, pid, oom_kills = kills, "the build reached its memory limit; ending its process group");
+                        ended_by = Some(EndedBy::MemoryLimit);
+                        stopping = Some(tokio::spawn(end_group(pid, adopter, self.args.kill_grace)));
+                    }
                 }
                 _ = sleep_past(started, time_limit), if stopping.is_none() => {
                     tracing::warn!(build_id = id, pid, "the build ran past --max-build-time; ending its process group");
@@ -843,6 +1010,7 @@ fn spawn_build(
     work_dir: &Path,
     log: &Path,
     nice: i32,
+    join: Vec<std::os::fd::RawFd>,
 ) -> std::io::Result<i32> {
     use std::os::unix::process::CommandExt;
     if work_dir.exists() {
@@ -852,10 +1020,18 @@ fn spawn_build(
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
     let mut command = std::process::Command::new("sh");
-    // SAFETY: setpriority(2) is async-signal-safe and touches only the
-    // child, between fork and exec; every process of the build inherits it.
+    // SAFETY: write(2) and setpriority(2) are async-signal-safe, allocate
+    // nothing (`join` was built before the fork) and touch only the child,
+    // between fork and exec. Writing "0" to an open `cgroup.procs` moves
+    // the writer: the build is in its cgroup before its first instruction,
+    // and every process it starts inherits the cgroup and the niceness.
     unsafe {
         command.pre_exec(move || {
+            for &fd in &join {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 {
                 Ok(())
             } else {
@@ -1037,7 +1213,7 @@ mod tests {
         let work = dir.path().join("w");
         let log = dir.path().join("w.log");
         let cmd = "echo \"$FREEAGENT_BUILD_ID $FREEAGENT_PLATFORM\"; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sh -c 'exit 3'";
-        let pid = spawn_build(cmd, 7, "linux", &work, &log, 10).expect("spawns");
+        let pid = spawn_build(cmd, 7, "linux", &work, &log, 10, Vec::new()).expect("spawns");
         let ended = tokio::task::spawn_blocking(move || wait_child(pid, false, &AtomicU64::new(0)))
             .await
             .expect("joins");

@@ -44,9 +44,18 @@ pub fn exec_quote(arg: &str) -> String {
 }
 
 /// The unit that runs `exe agent ARGS...`.
-pub fn unit(exe: &str, agent_args: &[String], stop_timeout_s: u64) -> String {
+/// With `delegate` (the agent was given `--cpu-limit`/`--memory-limit`),
+/// systemd hands the service's cgroup to the agent, which creates its
+/// builds' cgroups there.
+pub fn unit(exe: &str, agent_args: &[String], stop_timeout_s: u64, delegate: bool) -> String {
     let mut exec = vec![exec_quote(exe), exec_quote("agent")];
     exec.extend(agent_args.iter().map(|a| exec_quote(a)));
+    let delegate = if delegate {
+        "# The agent puts each build in a cgroup with the volunteer's limits.\n\
+         Delegate=yes\n"
+    } else {
+        ""
+    };
     format!(
         "[Unit]\n\
          Description=Free Agent worker (lends this machine to the build network)\n\
@@ -61,6 +70,7 @@ pub fn unit(exe: &str, agent_args: &[String], stop_timeout_s: u64) -> String {
          KillSignal=SIGTERM\n\
          KillMode=mixed\n\
          TimeoutStopSec={stop_timeout_s}\n\
+         {delegate}\
          \n\
          [Install]\n\
          WantedBy=default.target\n",
@@ -90,7 +100,8 @@ pub async fn install(args: InstallServiceArgs) -> Result<ExitCode, AgentError> {
         .to_string();
     // Stopping may take the build's kill grace, the flush and a release.
     let stop_timeout_s = (args.run.kill_grace + args.run.flush_timeout).as_secs() + 30;
-    let text = unit(&exe, &agent_args(), stop_timeout_s);
+    let delegate = !args.run.limits().is_empty();
+    let text = unit(&exe, &agent_args(), stop_timeout_s, delegate);
     if args.print {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
@@ -124,5 +135,13 @@ mod tests {
         assert_eq!(exec_quote("make -j4"), "\"make -j4\"");
         assert_eq!(exec_quote(r#"a"b\c"#), r#""a\"b\\c""#);
         assert_eq!(exec_quote("100% $HOME"), "\"100%% $$HOME\"");
+    }
+
+    /// Limits ask systemd to delegate the cgroup; without them nothing does.
+    #[test]
+    fn limits_delegate_the_cgroup() {
+        let args = ["--cpu-limit".to_string(), "1".to_string()];
+        assert!(unit("/bin/freeagent", &args, 60, true).contains("\nDelegate=yes\n"));
+        assert!(!unit("/bin/freeagent", &[], 60, false).contains("Delegate"));
     }
 }

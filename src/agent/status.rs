@@ -49,6 +49,10 @@ pub struct AgentStatus {
     /// answered). Absent in files of older agents.
     #[serde(default)]
     pub controller: Option<String>,
+    /// Why no build is claimed now (`--only-when-idle` on a busy machine).
+    /// Absent in files of older agents.
+    #[serde(default)]
+    pub waiting: Option<String>,
 }
 
 /// A build the agent runs.
@@ -71,6 +75,7 @@ pub struct Board {
 struct BoardInner {
     build: Option<RunningBuild>,
     deliveries: Vec<Delivery>,
+    waiting: Option<String>,
 }
 
 impl Board {
@@ -81,6 +86,11 @@ impl Board {
     /// The build now running, or none.
     pub fn set_build(&self, build: Option<RunningBuild>) {
         self.with(|b| b.build = build);
+    }
+
+    /// Why the agent claims nothing now, or none.
+    pub fn set_waiting(&self, why: Option<String>) {
+        self.with(|b| b.waiting = why);
     }
 
     /// The deliveries with samples still to send (the running build's and
@@ -102,6 +112,7 @@ impl Board {
                 .last()
                 .map(|last| (last.route.to_string(), last.status, last.at)),
             controller: Some(client.controller().to_string()),
+            waiting: b.waiting.clone(),
         })
     }
 }
@@ -170,7 +181,10 @@ pub fn describe(status: &AgentStatus, now: i64) -> String {
                 build.attempt,
                 age(build.started_at)
             ),
-            None => "no build: waiting for one".into(),
+            None => match &status.waiting {
+                Some(why) => format!("no build: {why}"),
+                None => "no build: waiting for one".into(),
+            },
         });
     }
     if let Some(controller) = &status.controller {
@@ -246,6 +260,7 @@ mod tests {
             breaker_open: true,
             last_answer: Some(("telemetry".into(), 0, 99_000)),
             controller: Some("http://b.example:3000".into()),
+            waiting: None,
         };
         let text = describe(&status, 101_000);
         assert!(text.contains("agent 42 running"), "{text}");
@@ -261,6 +276,12 @@ mod tests {
             "{text}"
         );
         assert!(describe(&status, 110_000).contains("not running"));
+        let idle = AgentStatus {
+            build: None,
+            waiting: Some("waiting for the machine to be idle".into()),
+            ..status.clone()
+        };
+        assert!(describe(&idle, 101_000).contains("no build: waiting for the machine to be idle"));
         assert_eq!(
             status_path(Path::new("/x/worker.token")),
             PathBuf::from("/x/worker.token.status")
