@@ -739,6 +739,84 @@ async fn sigterm_leaves_no_build_process() {
     assert!(view.cpu_seconds >= sampled.cpu_seconds, "{view:?}");
 }
 
+/// A build given back on SIGTERM is finished by a second agent as its
+/// attempt 2, and the network's `totalCpuSeconds` is what the kernel
+/// accounted to both runs together, within 10%: the first run's CPU
+/// seconds are kept, not lost or counted twice.
+#[tokio::test]
+async fn released_build_is_finished_elsewhere_with_both_runs_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    // The first run burns until it is stopped, writing the kernel's figure
+    // for its finished children after every 0.1 s chunk: when SIGTERM ends
+    // it, the file lags the truth by one chunk at most.
+    let first_times = dir.path().join("first-times.txt");
+    let first_cmd = format!(
+        "while :; do timeout 0.1 sh -c 'while :; do :; done'; times > {}.tmp; mv {0}.tmp {0}; done",
+        first_times.display()
+    );
+    let mut first = Agent::start(
+        &ctl,
+        "first",
+        &first_cmd,
+        &["--interval", "1s", "--kill-grace", "1s"],
+    );
+    let id = ctl.submit("linux").await;
+    ctl.wait_status(id, &["building"], Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    first.signal(libc::SIGTERM);
+    assert!(
+        first.wait(Duration::from_secs(30)).success(),
+        "{}",
+        first.log()
+    );
+    let given_back = ctl.build(id).await;
+    assert_eq!(
+        (given_back.status.as_str(), given_back.attempt),
+        ("pending", 2),
+        "{given_back:?}"
+    );
+    let first_kernel = kernel_cpu(&first_times);
+    assert!(first_kernel > 0.5, "the first run burned: {first_kernel} s");
+
+    let second_times = dir.path().join("second-times.txt");
+    let second_cmd = format!(
+        "timeout 3 sh -c 'while :; do :; done'; times > {}",
+        second_times.display()
+    );
+    let mut second = Agent::start(&ctl, "second", &second_cmd, &["--interval", "1s"]);
+    let view = ctl
+        .wait_status(id, &["completed", "failed"], Duration::from_secs(40))
+        .await;
+    assert_eq!(
+        (view.status.as_str(), view.attempt),
+        ("completed", 2),
+        "{view:?}"
+    );
+    let kernel = first_kernel + kernel_cpu(&second_times);
+    let stats: serde_json::Value = http()
+        .get(format!("{}/api/stats", ctl.url()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats body");
+    let total = stats["totalCpuSeconds"].as_f64().expect("totalCpuSeconds");
+    let error = (total - kernel).abs() / kernel;
+    eprintln!(
+        "two runs: totalCpuSeconds {total} vs kernel {kernel} ({:.2}% off)",
+        error * 100.0
+    );
+    assert!(
+        error <= 0.10,
+        "totalCpuSeconds {total} vs the kernel's {kernel} for both runs"
+    );
+    assert!((view.cpu_seconds - total).abs() < 1e-6, "{view:?}");
+    assert!(second.stop().success());
+}
+
 /// A build cancelled on the controller ends on the volunteer's machine
 /// within about one sampling interval (told by the telemetry answer), is
 /// not reported, and the agent goes back to polling and runs the next one.
