@@ -12,6 +12,7 @@ use axum::extract::{FromRef, State};
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{middleware, Json, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -207,6 +208,15 @@ where
         "controller listening"
     );
     let stopping = state.fleet.stopping.clone();
+    // Without TCP_NODELAY, a response whose headers and body leave in two
+    // writes waits for the client's delayed ACK (about 40 ms on Linux)
+    // before the body goes out: Nagle's algorithm holds the second small
+    // write until the first is acknowledged.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
