@@ -22,6 +22,7 @@ find "$SITE" -type f \( -name '*.br' -o -name '*.gz' \) -print0 |
 find "$SITE" -type f \( -name '*.wasm' -o -name '*.js' -o -name '*.css' -o -name '*.svg' \
   -o -name '*.html' -o -name '*.json' -o -name '*.txt' -o -name '*.xml' \) -print0 |
   while IFS= read -r -d '' file; do
-    [ "$file.br" -nt "$file" ] || brotli -q 11 -n -f -o "$file.br" "$file"
+    # -n: the twin gets its own mtime (for -nt above), so give it the mode.
+    [ "$file.br" -nt "$file" ] || { brotli -q 11 -n -f -o "$file.br" "$file" && chmod --reference="$file" "$file.br"; }
     [ "$file.gz" -nt "$file" ] || gzip -9 -n -c "$file" >"$file.gz"
   done
