@@ -26,15 +26,25 @@ if [ -z "${E2E_SKIP_BUILD:-}" ]; then
   mkdir -p target/e2e
   # Demo first, so that target/release/freeagent ends up the real controller.
   # --bin-features replaces the metadata's list, so ssr is named again.
+  # Each binary beside its hash.txt: with hash-files on, Leptos reads the
+  # names of /pkg/* from the hash.txt next to the running executable. Both
+  # builds share one WASM (only the server's features differ), so one site.
+  mkdir -p target/e2e/demo target/e2e/live
   cargo leptos build --release --bin-features ssr --bin-features demo
-  cp target/release/freeagent target/e2e/freeagent-demo
+  cp target/release/freeagent target/e2e/demo/freeagent
+  cp target/release/hash.txt target/e2e/demo/hash.txt
   cargo leptos build --release
-  cp target/release/freeagent target/e2e/freeagent
+  cp target/release/freeagent target/e2e/live/freeagent
+  cp target/release/hash.txt target/e2e/live/hash.txt
+  cmp -s target/e2e/demo/hash.txt target/e2e/live/hash.txt \
+    || { echo "the demo and live builds named their files differently" >&2; exit 1; }
+  # What visitors download: the .br and .gz twins of every site file.
+  scripts/compress-site.sh target/site
 fi
 
 cd end2end
-FREEAGENT_BIN="$ROOT/target/e2e/freeagent" \
-FREEAGENT_DEMO_BIN="$ROOT/target/e2e/freeagent-demo" \
+FREEAGENT_BIN="$ROOT/target/e2e/live/freeagent" \
+FREEAGENT_DEMO_BIN="$ROOT/target/e2e/demo/freeagent" \
 LEPTOS_SITE_ROOT="$ROOT/target/site" \
 CHROMIUM_PATH=/usr/bin/chromium \
   npx playwright test "$@"

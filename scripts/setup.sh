@@ -2,7 +2,8 @@
 # Installs what building, running and testing Free Agent needs, and only what
 # is missing (safe to run again): the wasm32 target, cargo-leptos, the
 # wasm-bindgen CLI matching the crate's pinned wasm-bindgen, Chromium, wrk,
-# jq and curl from Debian (the last three for bench/), Debian's postgresql
+# jq and curl from Debian (the last three for bench/), brotli from Debian
+# (scripts/compress-site.sh writes the site's .br files with it), Debian's postgresql
 # (for its initdb and pg_ctl: the tests start a throwaway cluster of their
 # own, never the system service), and the npm packages of end2end/
 # (Playwright without a browser download; binaryen's wasm-opt, because
@@ -33,6 +34,7 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v jq >/dev/null || missing+=(jq)
 command -v curl >/dev/null || missing+=(curl)
+command -v brotli >/dev/null || missing+=(brotli)
 command -v npm >/dev/null || missing+=(nodejs npm)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

@@ -10,6 +10,8 @@
 //! **Shell** (assembles everything; server only):
 //! - [`server`]: the composition root `AppState` (each domain's own state,
 //!   `FromRef`), the router, background tasks, serving.
+//! - [`site`]: the site's files served precompressed, caching headers,
+//!   compression of pages and JSON.
 //! - [`cli`]: subcommands; [`config`]: flags.
 //!
 //! **Domains** (one feature each):
@@ -74,6 +76,8 @@ pub mod ledger;
 pub mod retention;
 #[cfg(feature = "ssr")]
 pub mod server;
+#[cfg(feature = "ssr")]
+pub mod site;
 #[cfg(feature = "ssr")]
 pub mod storage;
 #[cfg(feature = "ssr")]

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRef, State};
+use axum::handler::Handler;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{middleware, Json, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -94,6 +96,7 @@ fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {
         options.output_name = Arc::from("freeagent");
     }
     options.site_addr = listen;
+    crate::site::resolve_hashing(&mut options);
     options
 }
 
@@ -164,6 +167,11 @@ pub fn router(state: AppState) -> Router {
     let figures = Figures(Arc::new(state.figures.clone()));
     let page_figures = figures.clone();
     let options = state.leptos_options.clone();
+    let not_found = leptos_axum::file_and_error_handler_with_context::<AppState, _>(
+        move || provide_context(page_figures.clone()),
+        shell,
+    )
+    .with_state(state.clone());
     Router::new()
         .merge(api)
         .leptos_routes_with_context(
@@ -172,10 +180,10 @@ pub fn router(state: AppState) -> Router {
             move || provide_context(figures.clone()),
             move || shell(options.clone()),
         )
-        .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(
-            move || provide_context(page_figures.clone()),
-            shell,
-        ))
+        // Every other path: a file of the site, or the 404 page.
+        .merge(crate::site::site_files(&state.leptos_options, not_found))
+        .layer(middleware::map_response(crate::site::html_cache_control))
+        .layer(crate::site::compression())
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -207,6 +215,15 @@ where
         "controller listening"
     );
     let stopping = state.fleet.stopping.clone();
+    // Without TCP_NODELAY, a response whose headers and body leave in two
+    // writes waits for the client's delayed ACK (about 40 ms on Linux)
+    // before the body goes out: Nagle's algorithm holds the second small
+    // write until the first is acknowledged.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -11,7 +11,7 @@
 //! target or feature, times shown in UTC, numbers through [`crate::format`].
 
 use leptos::prelude::*;
-use leptos_meta::MetaTags;
+use leptos_meta::{HashedStylesheet, MetaTags};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{DailyBuilds, NetworkStats};
@@ -60,7 +60,6 @@ pub async fn get_landing() -> Result<Landing, ServerFnError> {
 /// The HTML document around the app. Everything static lives here, outside
 /// the hydrated body, so it costs the WASM bundle nothing.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
-    let css = format!("/{}/{}.css", options.site_pkg_dir, options.output_name);
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -76,7 +75,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="theme-color" content="#f6f7fb" media="(prefers-color-scheme: light)"/>
                 <meta name="theme-color" content="#0d1117" media="(prefers-color-scheme: dark)"/>
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
-                <link rel="stylesheet" href=css/>
+                // freeagent.<hash>.css when cargo-leptos hashed the files
+                // (read from hash.txt, as HydrationScripts does for JS and WASM).
+                <HashedStylesheet options=options.clone()/>
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
                 <MetaTags/>

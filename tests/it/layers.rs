@@ -23,7 +23,7 @@ enum Layer {
 
 fn layer_of(module: &str) -> Option<Layer> {
     match module {
-        "main" | "lib" | "cli" | "server" | "config" => Some(Layer::Shell),
+        "main" | "lib" | "cli" | "server" | "config" | "site" => Some(Layer::Shell),
         "fleet" | "ingest" | "retention" | "figures" | "app" | "agent" => Some(Layer::Domain),
         "storage" | "error" | "auth" | "body" | "wire" | "format" | "builds" | "stats"
         | "ledger" | "telemetry" | "cache" | "clock" | "files" => Some(Layer::Foundation),

@@ -26,6 +26,7 @@
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
 //! - `layers`: the crate's imports point one way (reads `src/`).
+//! - `site`: pages and JSON compressed when asked, pages' caching.
 //! - `multi`: three controller processes on one Postgres database (runs in
 //!   the Postgres pass).
 
@@ -47,3 +48,4 @@ mod crash;
 mod invariants;
 mod layers;
 mod multi;
+mod site;
