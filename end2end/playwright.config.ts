@@ -32,5 +32,6 @@ export default defineConfig({
   projects: [
     { name: 'live', testMatch: /live\.spec\.ts/ },
     { name: 'demo', testMatch: /demo\.spec\.ts/ },
+    { name: 'build', testMatch: /build\.spec\.ts/ },
   ],
 });
