@@ -117,10 +117,11 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    use leptos::either::EitherOf3;
     match route::current() {
-        Page::Landing => view! { <Landing/> }.into_any(),
-        Page::Build(id) => view! { <build::BuildPage id/> }.into_any(),
-        Page::Missing => view! { <missing::NotFound/> }.into_any(),
+        Page::Landing => EitherOf3::A(view! { <Landing/> }),
+        Page::Build(id) => EitherOf3::B(view! { <build::BuildPage id/> }),
+        Page::Missing => EitherOf3::C(view! { <missing::NotFound/> }),
     }
 }
 

@@ -239,6 +239,112 @@ fn notice_view(notice: Notice, id: i64) -> AnyView {
     .into_any()
 }
 
+/// `text` safe inside HTML text and attribute values: the label, platform
+/// and error come from the submitter and the worker.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How the page's updates stand, as the status line's `data-state` and text.
+fn live_line(status: &str, unreachable: bool, poll_ms: u64) -> (&'static str, String) {
+    if unreachable {
+        ("reconnecting", "Reconnecting…".to_string())
+    } else if finished(status) {
+        (
+            "paused",
+            "Finished: this page no longer updates".to_string(),
+        )
+    } else {
+        ("live", format!("Updating every {}", every_text(poll_ms)))
+    }
+}
+
+/// The build's status, figures and facts as HTML (see [`chart`] for why
+/// text rather than `view!`). Every string from the API is escaped.
+pub fn build_html(
+    b: &BuildView,
+    newest: Option<&StoredSnapshot>,
+    unreachable: bool,
+    poll_ms: u64,
+) -> String {
+    let (state, line) = live_line(&b.status, unreachable, poll_ms);
+    let label = b
+        .label
+        .as_deref()
+        .map_or_else(|| "no label".to_string(), escape);
+    let peak_value = b.peak_memory_mb.map(format::plain).unwrap_or_default();
+    let peak_text = b.peak_memory_mb.map_or_else(|| "–".to_string(), memory);
+    let cores_now = newest.map_or_else(|| "–".to_string(), |s| chart::cores_text(chart::cores(s)));
+    let not_yet = |at: Option<i64>| at.map_or_else(|| "not yet".to_string(), moment);
+    let build_time = match (b.started_at, b.completed_at) {
+        (Some(start), Some(end)) => format::duration_ms(end - start),
+        (Some(start), None) => format!("running since {}", format::clock_utc(start)),
+        _ => "not started".to_string(),
+    };
+    let error = b.error.as_deref().map_or_else(String::new, |e| {
+        format!(
+            "<p class=\"build-error\"><strong>What went wrong: </strong>{}</p>",
+            escape(e)
+        )
+    });
+    let counter = |label: &str, id: &str, value: &str, text: &str, hint: &str| {
+        format!(
+            "<div class=\"counter\"><dt>{label}</dt><dd class=\"figure\"><data id=\"{id}\" value=\"{value}\">{text}</data></dd><dd class=\"hint\">{hint}</dd></div>"
+        )
+    };
+    let fact = |label: &str, id: &str, value: &str| {
+        format!("<div><dt>{label}</dt><dd id=\"{id}\">{value}</dd></div>")
+    };
+    [
+        format!(
+            "<div class=\"build-head\"><span class=\"pill\" id=\"build-status\" data-status=\"{status}\">{words}</span><span class=\"build-label\">{label}</span></div>",
+            status = escape(&b.status),
+            words = status_words(&b.status),
+        ),
+        format!(
+            "<p class=\"status\" id=\"build-live\" data-state=\"{state}\"><span class=\"dot\" aria-hidden=\"true\"></span><span>{line}</span></p>"
+        ),
+        "<dl class=\"counters build-figures\">".to_string(),
+        counter(
+            "CPU time",
+            "build-cpu-seconds",
+            &format::plain(b.cpu_seconds),
+            &format::duration_ms((b.cpu_seconds * 1000.0).round() as i64),
+            "of all its processes",
+        ),
+        counter("Peak memory", "build-peak-memory", &peak_value, &peak_text, "resident, largest seen"),
+        counter(
+            "Samples",
+            "build-samples",
+            &b.snapshot_count.to_string(),
+            &format::count(b.snapshot_count.max(0) as u64),
+            "CPU and memory readings",
+        ),
+        counter("Cores now", "build-cores-now", &cores_now, &cores_now, "in the latest sample"),
+        "</dl><dl class=\"facts\">".to_string(),
+        fact("Platform", "build-platform", &escape(&b.platform)),
+        fact("Attempt", "build-attempt", &b.attempt.to_string()),
+        fact("Submitted", "build-submitted", &moment(b.submitted_at)),
+        fact("Started", "build-started", &not_yet(b.started_at)),
+        fact("Finished", "build-finished", &not_yet(b.completed_at)),
+        fact("Build time", "build-time", &build_time),
+        "</dl>".to_string(),
+        error,
+    ]
+    .concat()
+}
+
 /// The build's facts, figures and samples, live.
 #[component]
 fn Shown(
@@ -246,121 +352,82 @@ fn Shown(
     samples: RwSignal<Vec<StoredSnapshot>>,
     poll_ms: u64,
     notice: RwSignal<Notice>,
-) -> AnyView {
-    let build = current;
-    // Read only inside `Show`, where the build is there.
-    let get = move |read: fn(&BuildView) -> String| {
-        move || build.with(|b| b.as_ref().map(read).unwrap_or_default())
-    };
-    let status = move || build.with(|b| b.as_ref().map(|b| b.status.clone()).unwrap_or_default());
-    let live_text = move || {
-        let status = status();
-        if notice.get() == Notice::Unreachable {
-            "Reconnecting…".to_string()
-        } else if finished(&status) {
-            "Finished: this page no longer updates".to_string()
-        } else {
-            format!("Updating every {}", every_text(poll_ms))
-        }
-    };
-    let live_state = move || {
-        if notice.get() == Notice::Unreachable {
-            "reconnecting"
-        } else if finished(&status()) {
-            "paused"
-        } else {
-            "live"
-        }
-    };
-    let cpu_seconds = move || build.with(|b| b.as_ref().map_or(0.0, |b| b.cpu_seconds));
-    let peak = move || build.with(|b| b.as_ref().and_then(|b| b.peak_memory_mb));
-    let count = move || build.with(|b| b.as_ref().map_or(0, |b| b.snapshot_count));
-    let cores_now = move || {
-        samples.with(|s| {
-            s.last()
-                .map(|s| chart::cores_text(chart::cores(s)))
-                .unwrap_or_else(|| "–".into())
+) -> impl IntoView {
+    let html = move || {
+        let unreachable = notice.get() == Notice::Unreachable;
+        current.with(|b| {
+            samples.with(|s| {
+                b.as_ref()
+                    .map(|b| build_html(b, s.last(), unreachable, poll_ms))
+                    .unwrap_or_default()
+            })
         })
     };
-    let figures = view! {
-            <dl class="counters build-figures">
-                <div class="counter">
-                    <dt>"CPU time"</dt>
-                    <dd class="figure">
-                        <data id="build-cpu-seconds" value=move || cpu_seconds().to_string()>
-                            {move || format::duration_ms((cpu_seconds() * 1000.0).round() as i64)}
-                        </data>
-                    </dd>
-                    <dd class="hint">"of all its processes"</dd>
-                </div>
-                <div class="counter">
-                    <dt>"Peak memory"</dt>
-                    <dd class="figure">
-                        <data id="build-peak-memory" value=move || peak().map(|m| m.to_string()).unwrap_or_default()>
-                            {move || peak().map(memory).unwrap_or_else(|| "–".into())}
-                        </data>
-                    </dd>
-                    <dd class="hint">"resident, largest seen"</dd>
-                </div>
-                <div class="counter">
-                    <dt>"Samples"</dt>
-                    <dd class="figure">
-                        <data id="build-samples" value=move || count().to_string()>
-                            {move || format::count(count().max(0) as u64)}
-                        </data>
-                    </dd>
-                    <dd class="hint">"CPU and memory readings"</dd>
-                </div>
-                <div class="counter">
-                    <dt>"Cores now"</dt>
-                    <dd class="figure" id="build-cores-now">{cores_now}</dd>
-                    <dd class="hint">"in the latest sample"</dd>
-                </div>
-            </dl>
-    }
-    .into_any();
-    let facts = view! {
-            <dl class="facts">
-                <div><dt>"Platform"</dt><dd id="build-platform">{get(|b| b.platform.clone())}</dd></div>
-                <div><dt>"Attempt"</dt><dd id="build-attempt">{get(|b| b.attempt.to_string())}</dd></div>
-                <div><dt>"Submitted"</dt><dd>{get(|b| moment(b.submitted_at))}</dd></div>
-                <div><dt>"Started"</dt><dd>{get(|b| b.started_at.map(moment).unwrap_or_else(|| "not yet".into()))}</dd></div>
-                <div>
-                    <dt>"Finished"</dt>
-                    <dd>{get(|b| b.completed_at.map(moment).unwrap_or_else(|| "not yet".into()))}</dd>
-                </div>
-                <div>
-                    <dt>"Build time"</dt>
-                    <dd>
-                        {get(|b| match (b.started_at, b.completed_at) {
-                            (Some(start), Some(end)) => format::duration_ms(end - start),
-                            (Some(start), None) => format!("running since {}", format::clock_utc(start)),
-                            _ => "not started".into(),
-                        })}
-                    </dd>
-                </div>
-            </dl>
-    }
-    .into_any();
     view! {
         <section class="build" aria-labelledby="build-title">
-            <div class="build-head">
-                <span class="pill" id="build-status" data-status=status>
-                    {move || status_words(&status())}
-                </span>
-                <span class="build-label">{get(|b| b.label.clone().unwrap_or_else(|| "no label".into()))}</span>
-            </div>
-            <p class="status" id="build-live" data-state=live_state>
-                <span class="dot" aria-hidden="true"></span>
-                <span>{live_text}</span>
-            </p>
-            {figures}
-            {facts}
-            <Show when=move || build.with(|b| b.as_ref().is_some_and(|b| b.error.is_some()))>
-                <p class="build-error"><strong>"What went wrong: "</strong>{get(|b| b.error.clone().unwrap_or_default())}</p>
-            </Show>
+            <div inner_html=html></div>
             <SampleChart samples/>
         </section>
     }
-    .into_any()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(status: &str) -> BuildView {
+        BuildView {
+            id: 7,
+            status: status.into(),
+            platform: "linux".into(),
+            label: Some("<script>alert(1)</script> & \"x\"".into()),
+            worker_id: Some(1),
+            attempt: 1,
+            submitted_at: 0,
+            started_at: Some(1_000),
+            completed_at: None,
+            error: None,
+            cpu_seconds: 12.5,
+            peak_memory_mb: Some(2048.0),
+            snapshot_count: 3,
+        }
+    }
+
+    #[test]
+    fn finished_statuses() {
+        for s in ["completed", "failed", "cancelled"] {
+            assert!(finished(s), "{s}");
+        }
+        for s in ["pending", "assigned", "building"] {
+            assert!(!finished(s), "{s}");
+        }
+    }
+
+    /// Text from the API never becomes markup.
+    #[test]
+    fn build_html_escapes_what_the_api_says() {
+        let html = build_html(&build("building"), None, false, 1_000);
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;x&quot;"),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<data id="build-cpu-seconds" value="12.500000">12s</data>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<data id="build-peak-memory" value="2048.000000">2.00 GiB</data>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<data id="build-samples" value="3">3</data>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"data-state="live""#), "{html}");
+        assert!(html.contains("Updating every 1s"), "{html}");
+        let done = build_html(&build("completed"), None, false, 1_000);
+        assert!(done.contains(r#"data-state="paused""#), "{done}");
+        assert!(build_html(&build("building"), None, true, 1_000).contains("Reconnecting"));
+    }
 }
