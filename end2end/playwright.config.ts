@@ -33,5 +33,6 @@ export default defineConfig({
     { name: 'live', testMatch: /live\.spec\.ts/ },
     { name: 'demo', testMatch: /demo\.spec\.ts/ },
     { name: 'wire', testMatch: /wire\.spec\.ts/ },
+    { name: 'build', testMatch: /build\.spec\.ts/ },
   ],
 });

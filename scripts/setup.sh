@@ -7,7 +7,7 @@
 # (for its initdb and pg_ctl: the tests start a throwaway cluster of their
 # own, never the system service), and the npm packages of end2end/
 # (Playwright without a browser download; binaryen's wasm-opt, because
-# Debian's breaks hydration).
+# Debian's breaks hydration; axe-core, the accessibility audit).
 # Needs only the Rust toolchain, cargo, npm and apt. Nothing comes from GitHub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,7 +70,9 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q "$BINDGEN_VERSION"; then
   fi
 fi
 
-if [ ! -x end2end/node_modules/.bin/playwright ] || [ ! -x end2end/node_modules/.bin/wasm-opt ]; then
+# axe-core has no binary: its script is what the browser tests inject.
+if [ ! -x end2end/node_modules/.bin/playwright ] || [ ! -x end2end/node_modules/.bin/wasm-opt ] \
+  || [ ! -f end2end/node_modules/axe-core/axe.min.js ]; then
   log "installing end2end npm packages"
   (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi

@@ -55,6 +55,19 @@ pub fn decimal(x: f64, decimals: usize) -> String {
     }
 }
 
+/// A non-negative number for machines, without separators, to the
+/// millionth: `1234.5` -> `1234.500000`, for `<data value>`. Integer
+/// formatting only: `f64`'s own `Display` would add its float-printing
+/// code to the WASM bundle.
+pub fn plain(x: f64) -> String {
+    let units = (sane(x) * 1e6).round();
+    if units >= u64::MAX as f64 {
+        return (u64::MAX / 1_000_000).to_string();
+    }
+    let units = units as u64;
+    format!("{}.{:06}", units / 1_000_000, units % 1_000_000)
+}
+
 /// A duration in ms as its two largest units: `3y 41d`, `5h 12m`, `42s`.
 /// Zero and negative durations are `0s`.
 pub fn duration_ms(ms: i64) -> String {
@@ -208,6 +221,15 @@ pub fn rfc3339_utc(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Numbers for `<data value>`: no separators, millionths, never NaN.
+    #[test]
+    fn plain_numbers() {
+        assert_eq!(plain(1234.5), "1234.500000");
+        assert_eq!(plain(0.0000004), "0.000000");
+        assert_eq!(plain(f64::NAN), "0.000000");
+        assert_eq!(plain(-3.0), "0.000000");
+    }
 
     /// Windows read in their largest whole unit, singular or plural.
     #[test]

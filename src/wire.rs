@@ -95,6 +95,17 @@ pub struct BuildSubmitted {
     pub submitted_at: i64,
     /// Bearer secret granting read and cancel of this build.
     pub access_token: String,
+    /// The build's own page, relative to the controller:
+    /// `/builds/{id}#token=<accessToken>`. The secret rides in the fragment,
+    /// which browsers never send to a server. Defaulted so that answers of
+    /// controllers older than the page still parse.
+    #[serde(default)]
+    pub page_url: String,
+}
+
+/// The build page's link: the secret in the fragment (SPEC "Pages").
+pub fn build_page_url(id: i64, access_token: &str) -> String {
+    format!("/builds/{id}#token={access_token}")
 }
 
 /// `POST /api/builds/{id}/complete` body.

@@ -1,7 +1,9 @@
 // The page of a controller built with `--features demo`.
 import * as path from 'node:path';
-import { Controller } from './controller';
-import { test, expect, openLive } from './fixtures';
+import { Controller, Worker } from './controller';
+import { test, expect, openLive, REFUSALS_EXPECTED } from './fixtures';
+import { VIEWS, expectNoViolations, clippedInCounters } from './audit';
+import { sitePages } from './pages';
 
 test.describe.configure({ mode: 'serial' });
 
@@ -34,4 +36,28 @@ test('demo figures move', async ({ page }) => {
   const total = Number((await page.locator('#total-builds').textContent())?.replace(/,/g, ''));
   expect(total).toBeGreaterThan(1_000_000);
   await expect(page.locator('.chart-table tbody tr')).toHaveCount(30);
+});
+
+test('axe-core: no violations on any page, desktop and phone, light and dark', async ({ page }) => {
+  test.setTimeout(240_000);
+  test.info().annotations.push({ type: REFUSALS_EXPECTED });
+  const worker = await Worker.register(ctl);
+  const submitted = await ctl.api('POST', '/api/builds', ctl.adminKey, { platform: 'linux', label: 'demo audit' });
+  const claimed = await ctl.api('POST', '/api/workers/poll', worker.token);
+  await ctl.api('POST', `/api/builds/${claimed.build.id}/start`, worker.token);
+  await worker.telemetry(submitted.id, 3, 250);
+  for (const view of VIEWS) {
+    await page.setViewportSize({ width: view.width, height: view.height });
+    await page.emulateMedia({ colorScheme: view.scheme });
+    for (const site of sitePages(ctl, submitted.id, submitted.accessToken)) {
+      await site.open(page);
+      await expectNoViolations(page, `demo ${site.what} at ${view.width} px, ${view.scheme}`);
+    }
+  }
+});
+
+test('no text in a counter card is cut short at 320 px (demo figures are the largest)', async ({ page }) => {
+  await page.setViewportSize({ width: 320, height: 700 });
+  await openLive(page, ctl.url);
+  expect(await clippedInCounters(page)).toEqual([]);
 });

@@ -1,10 +1,15 @@
 // Shared test setup: every page records console errors and warnings (a
 // hydration mismatch shows up there or as a page error) and cumulative
 // layout shift from the first paint on.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { test as base, expect, Page } from '@playwright/test';
 
 /// Marks a test that stops the server on purpose: failed requests are expected.
 export const NETWORK_ERRORS_EXPECTED = 'network-errors-expected';
+/// Marks a test that opens a build page with a wrong secret: Chromium logs
+/// the API's 401/403/404 answer as a console error of its own (not the page's).
+export const REFUSALS_EXPECTED = 'refusals-expected';
 
 export const test = base.extend<{ problems: string[] }>({
   problems: [
@@ -31,8 +36,11 @@ export const test = base.extend<{ problems: string[] }>({
       });
       await use(problems);
       const allowNetwork = testInfo.annotations.some((a) => a.type === NETWORK_ERRORS_EXPECTED);
+      const allowRefusals = testInfo.annotations.some((a) => a.type === REFUSALS_EXPECTED);
       const real = problems.filter(
-        (p) => !(allowNetwork && /ERR_CONNECTION_REFUSED|Failed to load resource|Failed to fetch/i.test(p)),
+        (p) =>
+          !(allowNetwork && /ERR_CONNECTION_REFUSED|Failed to load resource|Failed to fetch/i.test(p)) &&
+          !(allowRefusals && /Failed to load resource: the server responded with a status of 40[134]/.test(p)),
       );
       expect(real, 'console errors, warnings and page errors').toEqual([]);
     },
@@ -58,4 +66,25 @@ export function count(n: number): string {
 /// Cumulative layout shift so far.
 export async function cls(page: Page): Promise<{ value: number; shifts: unknown[] }> {
   return page.evaluate(() => ({ value: (window as any).__cls, shifts: (window as any).__shifts }));
+}
+
+/// Full-page screenshots at desktop and phone width, light and dark, into
+/// end2end/screenshots/`prefix`desktop-light.png and so on; `open` loads
+/// the page ready to be seen.
+export async function screenshots(page: Page, prefix: string, open: () => Promise<void>): Promise<void> {
+  const dir = path.resolve(__dirname, '..', 'screenshots');
+  fs.mkdirSync(dir, { recursive: true });
+  for (const [width, height, name] of [
+    [1280, 900, 'desktop'],
+    [390, 844, 'phone'],
+  ] as const) {
+    await page.setViewportSize({ width, height });
+    for (const scheme of ['light', 'dark'] as const) {
+      await page.emulateMedia({ colorScheme: scheme, reducedMotion: 'reduce' });
+      await open();
+      const file = path.join(dir, `${prefix}${name}-${scheme}.png`);
+      await page.screenshot({ path: file, fullPage: true });
+      expect(fs.statSync(file).size).toBeGreaterThan(10_000);
+    }
+  }
 }

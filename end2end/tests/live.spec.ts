@@ -1,9 +1,7 @@
 // The landing page against a real release controller with a fresh database,
 // polling every second and computing figures afresh for every request.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Controller, Worker, sleep } from './controller';
-import { test, expect, openLive, count, cls, NETWORK_ERRORS_EXPECTED } from './fixtures';
+import { test, expect, openLive, count, cls, screenshots, NETWORK_ERRORS_EXPECTED } from './fixtures';
 
 test.describe.configure({ mode: 'serial' });
 
@@ -190,21 +188,7 @@ test('respects reduced motion and the colour scheme', async ({ page }) => {
 });
 
 test('full-page screenshots, light and dark, desktop and phone', async ({ page }) => {
-  const dir = path.resolve(__dirname, '..', 'screenshots');
-  fs.mkdirSync(dir, { recursive: true });
-  for (const [width, height, name] of [
-    [1280, 900, 'desktop'],
-    [390, 844, 'phone'],
-  ] as const) {
-    await page.setViewportSize({ width, height });
-    for (const scheme of ['light', 'dark'] as const) {
-      await page.emulateMedia({ colorScheme: scheme, reducedMotion: 'reduce' });
-      await openLive(page, ctl.url);
-      const file = path.join(dir, `${name}-${scheme}.png`);
-      await page.screenshot({ path: file, fullPage: true });
-      expect(fs.statSync(file).size).toBeGreaterThan(10_000);
-    }
-  }
+  await screenshots(page, '', () => openLive(page, ctl.url));
 });
 
 test('stopping the server shows reconnecting; restarting it recovers', async ({ page }) => {

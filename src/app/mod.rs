@@ -1,8 +1,12 @@
 //! The landing page: server-rendered with the current figures, hydrated in
 //! WASM, then kept live by polling the `NetworkStats` server function.
 //!
-//! - this file: the HTML document ([`shell`]), the app and its one route,
-//!   and the server function that gives the page its first data.
+//! - this file: the HTML document ([`shell`]), the app and its routes,
+//!   and the server functions that give the pages their first data.
+//! - [`route`]: which page a path shows (a hand-written dispatch).
+//! - [`layout`]: the masthead and footer every page shares.
+//! - [`build`]: a build's own page, live for its submitter.
+//! - [`missing`]: the 404 page.
 //! - [`live`]: the counters and the polling loop (pause, back-off, reconnect).
 //! - [`chart`]: builds per day as a server-rendered SVG with a table twin.
 //! - [`sections`]: the static prose (what it is, lend a machine, submit a build).
@@ -11,15 +15,22 @@
 //! target or feature, times shown in UTC, numbers through [`crate::format`].
 
 use leptos::prelude::*;
-use leptos_meta::{HashedStylesheet, MetaTags};
+use leptos_meta::{provide_meta_context, HashedStylesheet, MetaTags, Title};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{DailyBuilds, NetworkStats};
 
+mod build;
 mod chart;
+mod layout;
 mod live;
+mod missing;
 mod polling;
+pub mod route;
 mod sections;
+
+use layout::{Footer, Masthead};
+use route::Page;
 
 pub use crate::stats::CHART_DAYS;
 
@@ -45,9 +56,7 @@ pub async fn get_landing() -> Result<Landing, ServerFnError> {
     let figures = figures()?;
     let stats = figures.current().await.map_err(|_| unavailable())?;
     let daily = figures.chart_days().await.map_err(|_| unavailable())?;
-    let poll_interval_ms = u64::try_from(figures.poll_interval().as_millis())
-        .unwrap_or(u64::MAX)
-        .max(100);
+    let poll_interval_ms = poll_ms(figures.poll_interval());
     let online_window_ms = u64::try_from(figures.online_window().as_millis()).unwrap_or(u64::MAX);
     Ok(Landing {
         stats,
@@ -55,6 +64,23 @@ pub async fn get_landing() -> Result<Landing, ServerFnError> {
         poll_interval_ms,
         online_window_ms,
     })
+}
+
+/// The controller's `--poll-interval` in ms, as the pages poll: never more
+/// often than ten times a second.
+#[cfg(feature = "ssr")]
+fn poll_ms(interval: std::time::Duration) -> u64 {
+    u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(100)
+}
+
+/// How often the build page polls, ms (the controller's `--poll-interval`).
+/// A server function, so that the server-rendered page carries it to the
+/// browser without a request of its own.
+#[server(prefix = "/sfn", endpoint = "poll_interval")]
+pub async fn get_poll_interval() -> Result<u64, ServerFnError> {
+    Ok(poll_ms(crate::stats::reader::figures()?.poll_interval()))
 }
 
 /// The HTML document around the app. Everything static lives here, outside
@@ -66,7 +92,6 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             <head>
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
-                <title>"Free Agent: a volunteer build network"</title>
                 <meta
                     name="description"
                     content="Free Agent is a volunteer build network: people lend idle machines, the network sends them app builds, and the controller keeps exact, open books of every build and every CPU-second given."
@@ -89,25 +114,37 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
-/// The app: one page, the same at every path, so it needs no router (which
-/// would cost the WASM bundle about 55 KB gzipped).
+/// The app: the page the path names (see [`route`] for why no router).
 #[component]
 pub fn App() -> impl IntoView {
-    view! { <Landing/> }
+    provide_meta_context();
+    use leptos::either::EitherOf3;
+    match route::current() {
+        Page::Landing => EitherOf3::A(view! { <Landing/> }),
+        Page::Build(id) => EitherOf3::B(view! { <build::BuildPage id/> }),
+        Page::Missing => EitherOf3::C(view! { <missing::NotFound/> }),
+    }
 }
 
-/// The page's route for `leptos_routes_with_context`: rendered
-/// asynchronously, so the first HTML already holds the figures (for visitors
-/// without JavaScript and for search engines) instead of streaming them in
-/// by script. `generate_route_list(App)` would give out-of-order streaming.
+/// The pages' routes for `leptos_routes_with_context`, rendered
+/// asynchronously, so the first HTML already holds what the server knows
+/// (the landing page's figures, for visitors without JavaScript and for
+/// search engines) instead of streaming it in by script.
+/// `generate_route_list(App)` would give out-of-order streaming. Every
+/// other path goes to the fallback, which renders the 404 page.
 #[cfg(feature = "ssr")]
 pub fn routes() -> Vec<leptos_axum::AxumRouteListing> {
-    vec![leptos_axum::AxumRouteListing::new(
-        "/".to_string(),
-        leptos_router::SsrMode::Async,
-        [leptos_router::Method::Get],
-        vec![],
-    )]
+    ["/", "/builds/{id}"]
+        .into_iter()
+        .map(|path| {
+            leptos_axum::AxumRouteListing::new(
+                path.to_string(),
+                leptos_router::SsrMode::Async,
+                [leptos_router::Method::Get],
+                vec![],
+            )
+        })
+        .collect()
 }
 
 /// The landing page.
@@ -115,24 +152,9 @@ pub fn routes() -> Vec<leptos_axum::AxumRouteListing> {
 fn Landing() -> impl IntoView {
     let landing = Resource::new(|| (), |_| get_landing());
     view! {
+        <Title text="Free Agent: a volunteer build network"/>
         <a class="skip" href="#network">"Skip to the network figures"</a>
-        <header class="masthead">
-            <div class="page masthead-row">
-                <a class="brand" href="/">
-                    <svg class="brand-mark" viewBox="0 0 32 32" aria-hidden="true">
-                        <rect width="32" height="32" rx="8"/>
-                        <path d="M10 22V10h12M10 16h8"/>
-                    </svg>
-                    "Free Agent"
-                </a>
-                <nav aria-label="Sections">
-                    <a href="#network">"Network"</a>
-                    <a href="#about">"About"</a>
-                    <a href="#lend">"Lend a machine"</a>
-                    <a href="#submit">"Submit a build"</a>
-                </nav>
-            </div>
-        </header>
+        <Masthead home=true/>
         <main>
             <section class="hero page" aria-labelledby="hero-title">
                 <h1 id="hero-title">"Spare machines, building apps for everyone."</h1>
@@ -160,16 +182,6 @@ fn Landing() -> impl IntoView {
             <sections::Lend/>
             <sections::Submit/>
         </main>
-        <footer class="footer">
-            <div class="page">
-                <p>
-                    "Free Agent. Figures are public: "
-                    <a href="/api/stats"><code>"/api/stats"</code></a>
-                    " and "
-                    <a href="/api/stats/daily?days=30"><code>"/api/stats/daily"</code></a>
-                    "."
-                </p>
-            </div>
-        </footer>
+        <Footer/>
     }
 }

@@ -33,6 +33,9 @@ pub fn About() -> impl IntoView {
 }
 
 /// How to lend a machine: the agent commands from SPEC.
+///
+/// Code blocks scroll sideways on phones, so each is focusable and named
+/// (`tabindex="0"`): a keyboard user must be able to scroll it too.
 #[component]
 pub fn Lend() -> impl IntoView {
     view! {
@@ -46,7 +49,7 @@ pub fn Lend() -> impl IntoView {
                         <code>"~/.config/freeagent/worker.token"</code>
                         "."
                     </p>
-                    <pre><code>"freeagent agent register \\\n  --controller https://builds.example.org \\\n  --admin-key \"$FREEAGENT_ADMIN_KEY\" \\\n  --name my-laptop --platform linux"</code></pre>
+                    <pre tabindex="0" role="group" aria-label="Command: register this machine"><code>"freeagent agent register \\\n  --controller https://builds.example.org \\\n  --admin-key \"$FREEAGENT_ADMIN_KEY\" \\\n  --name my-laptop --platform linux"</code></pre>
                 </li>
                 <li>
                     <h3>"Start the worker"</h3>
@@ -59,7 +62,7 @@ pub fn Lend() -> impl IntoView {
                         <code>"FREEAGENT_WORK_DIR"</code>
                         " set; exit status 0 means success."
                     </p>
-                    <pre><code>"freeagent agent \\\n  --controller https://builds.example.org \\\n  --platform linux \\\n  --build-command './build.sh'"</code></pre>
+                    <pre tabindex="0" role="group" aria-label="Command: start the worker"><code>"freeagent agent \\\n  --controller https://builds.example.org \\\n  --platform linux \\\n  --build-command './build.sh'"</code></pre>
                 </li>
                 <li>
                     <h3>"Stop whenever you like"</h3>
@@ -83,13 +86,19 @@ pub fn Submit() -> impl IntoView {
             <p>
                 "Builds are queued per platform and go to the first worker that declared it. Submitting needs the admin key; the answer carries a token that lets you follow and cancel that one build."
             </p>
-            <pre><code>"curl -X POST https://builds.example.org/api/builds \\\n  -H \"Authorization: Bearer $FREEAGENT_ADMIN_KEY\" \\\n  -H 'Content-Type: application/json' \\\n  -d '{\"platform\": \"linux\", \"label\": \"my-app 1.4.2\"}'"</code></pre>
+            <pre tabindex="0" role="group" aria-label="Command: submit a build"><code>"curl -X POST https://builds.example.org/api/builds \\\n  -H \"Authorization: Bearer $FREEAGENT_ADMIN_KEY\" \\\n  -H 'Content-Type: application/json' \\\n  -d '{\"platform\": \"linux\", \"label\": \"my-app 1.4.2\"}'"</code></pre>
             <p>
-                "Then follow it with the "
+                "The answer's "
+                <code>"pageUrl"</code>
+                " is the build's own page, "
+                <code>"/builds/<id>#token=<accessToken>"</code>
+                ": open it on this site to watch the build's CPU and memory live (the secret after "
+                <code>"#"</code>
+                " never leaves the browser). Or follow it with the "
                 <code>"accessToken"</code>
-                " from the answer:"
+                ":"
             </p>
-            <pre><code>"curl https://builds.example.org/api/builds/$BUILD_ID \\\n  -H \"Authorization: Bearer $ACCESS_TOKEN\""</code></pre>
+            <pre tabindex="0" role="group" aria-label="Command: follow a build"><code>"curl https://builds.example.org/api/builds/$BUILD_ID \\\n  -H \"Authorization: Bearer $ACCESS_TOKEN\""</code></pre>
         </section>
     }
 }

@@ -242,6 +242,7 @@ async fn submit(
             id,
             status: BuildStatus::Pending.as_str().into(),
             submitted_at,
+            page_url: crate::wire::build_page_url(id, &token),
             access_token: token,
         }),
     )

@@ -20,17 +20,99 @@ async fn healthz_answers_ok() {
 #[tokio::test]
 async fn landing_page_renders() {
     let app = TestApp::start().await;
-    let response = app.get("/", None).await;
-    assert_eq!(response.status(), StatusCode::OK);
+    let (status, html) = page(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("<html"), "{html}");
+}
+
+/// The page's HTML for `path`, with its status.
+async fn page(app: &TestApp, path: &str) -> (StatusCode, String) {
+    let response = app.get(path, None).await;
+    let status = response.status();
     let content_type = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    assert!(content_type.starts_with("text/html"), "{content_type}");
-    let html = response.text().await.unwrap();
-    assert!(html.contains("<html"), "{html}");
+    assert!(
+        content_type.starts_with("text/html"),
+        "{path}: {content_type}"
+    );
+    (status, response.text().await.unwrap())
+}
+
+/// A path that is no page, API route or file answers 404 with the site's
+/// own 404 page, not the landing page and its figures; so does a build
+/// page path whose id is not a build id.
+#[tokio::test]
+async fn unknown_paths_get_the_404_page() {
+    let app = TestApp::start().await;
+    for path in [
+        "/does-not-exist",
+        "/builds/abc",
+        "/builds/0",
+        "/builds/1/more",
+    ] {
+        let (status, html) = page(&app, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(html.contains("There is no page here"), "{path}: {html}");
+        assert!(html.contains("href=\"/\""), "a link home: {html}");
+        assert!(html.contains("<title>Page not found"), "{html}");
+        assert!(
+            !html.contains("id=\"nodes-online\""),
+            "no landing counters: {html}"
+        );
+        assert!(!html.contains("hero-title"), "not the landing page: {html}");
+    }
+    // The API keeps its JSON 404; the landing page its 200.
+    expect_error(app.get("/api/nope", None).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(page(&app, "/").await.0, StatusCode::OK);
+}
+
+/// `/builds/{id}` is the build's page: 200 with its number, but the
+/// server's HTML holds nothing private (it never has the secret): no status,
+/// platform, label, figure or sample of the build.
+#[tokio::test]
+async fn build_page_html_holds_no_figure() {
+    let app = TestApp::start().await;
+    let worker = linux_worker(&app).await;
+    let build = app.submit_labelled("linux", "secret-label-7f3a").await;
+    let claimed = app.claim(&worker).await.expect("claimed");
+    assert_eq!(claimed.id, build.id);
+    assert_eq!(app.start_build(&worker, build.id).await, StatusCode::OK);
+    app.send_ok(&worker, build.id, &[sample(1, now_ms(), 321.0, 4321.0)])
+        .await;
+    let view = app.build(build.id).await;
+    assert_eq!(view.snapshot_count, 1);
+
+    let (status, html) = page(&app, &format!("/builds/{}", build.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(&format!("<title>Build {} · Free Agent", build.id)),
+        "{html}"
+    );
+    for private in [
+        "secret-label-7f3a",
+        "Building",
+        "building",
+        "4,321",
+        "4321",
+        "4.22 GiB",
+        "build-cpu-seconds",
+        "build-samples",
+        build.access_token.as_str(),
+    ] {
+        assert!(
+            !html.contains(private),
+            "{private} in the server's HTML: {html}"
+        );
+    }
+    // A build that does not exist gets the same shell: the server's answer
+    // does not tell which builds exist.
+    let (status, other) = page(&app, "/builds/999999").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(other.contains("Build 999999"), "{other}");
 }
 
 /// A body that is not JSON is 400 with an error body, on every JSON route.

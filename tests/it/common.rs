@@ -460,6 +460,11 @@ impl TestApp {
         let response = self.post_json("/api/builds", Some(ADMIN_KEY), &body).await;
         let submitted: BuildSubmitted = expect_json(response, StatusCode::CREATED).await;
         assert_eq!(submitted.status, "pending");
+        assert_eq!(
+            submitted.page_url,
+            format!("/builds/{}#token={}", submitted.id, submitted.access_token),
+            "the answer links the build's own page, the secret in the fragment"
+        );
         Build {
             id: submitted.id,
             access_token: submitted.access_token,
