@@ -8,7 +8,8 @@
 #   names, not its links to the API) and a repeat visit (the page, plus any file whose Cache-Control
 #   lets a browser not reuse it); the page's own API calls are not counted
 #   here (end2end/tests/wire.spec.ts measures Chromium's transferSize);
-# - server-rendered `/` pages/s at 64 connections, plain and gzipped;
+# - server-rendered `/` pages/s at 64 connections, plain and gzipped, and
+#   a build's own page `/builds/{id}` as a browser asks for it;
 # - one connection fetching the stylesheet: median latency (the Nagle /
 #   delayed-ACK signature is ~40 ms);
 # - static files at 64 connections against cached /api/stats, same run.
@@ -96,6 +97,13 @@ read -r rps _ p99 < <(load "$base/" 64)
 printf 'page /: %s pages/s at 64 connections, p99 %s (wrk -t2, %ss, loopback; target >= 10,000)\n' "$rps" "$p99" "$SECONDS_OF_LOAD"
 read -r rps _ p99 < <(load "$base/" 64 -H 'Accept-Encoding: gzip, deflate, br, zstd')
 printf 'page / (as Chromium asks, gets gzip): %s pages/s at 64 connections, p99 %s\n' "$rps" "$p99"
+
+# A build's own page: the server renders only its shell (the figures come
+# from the browser, with the build's secret), so this is the shell's cost.
+build_id=$(curl -fsS -X POST "$base/api/builds" -H 'Authorization: Bearer bench-admin-key-0123456789' \
+  -H 'Content-Type: application/json' -d '{"platform":"linux"}' | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+read -r rps _ p99 < <(load "$base/builds/$build_id" 64 -H 'Accept-Encoding: gzip, deflate, br, zstd')
+printf 'page /builds/%s (as Chromium asks): %s pages/s at 64 connections, p99 %s\n' "$build_id" "$rps" "$p99"
 
 css=$(grep -oE '/pkg/[^"]+\.css' <<<"$assets" | head -n1)
 read -r rps p50 p99 < <(load "$base$css" 1 -H 'Accept-Encoding: br, gzip')
