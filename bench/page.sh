@@ -12,7 +12,9 @@
 #   a build's own page `/builds/{id}` as a browser asks for it;
 # - one connection fetching the stylesheet: median latency (the Nagle /
 #   delayed-ACK signature is ~40 ms);
-# - static files at 64 connections against cached /api/stats, same run.
+# - static files at 64 connections against cached /api/stats, same run;
+# - the time from navigation to hydrated in Chromium, cold and warm, for
+#   `/` and a build's page (bench/hydrate.mjs).
 # Expects `cargo leptos build --release` and scripts/compress-site.sh to have
 # run (scripts/e2e.sh does both); BENCH_BUILD=1 does both first.
 #
@@ -100,10 +102,19 @@ printf 'page / (as Chromium asks, gets gzip): %s pages/s at 64 connections, p99 
 
 # A build's own page: the server renders only its shell (the figures come
 # from the browser, with the build's secret), so this is the shell's cost.
-build_id=$(curl -fsS -X POST "$base/api/builds" -H 'Authorization: Bearer bench-admin-key-0123456789' \
-  -H 'Content-Type: application/json' -d '{"platform":"linux"}' | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+submitted=$(curl -fsS -X POST "$base/api/builds" -H 'Authorization: Bearer bench-admin-key-0123456789' \
+  -H 'Content-Type: application/json' -d '{"platform":"linux"}')
+build_id=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])' <<<"$submitted")
+page_url=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["pageUrl"])' <<<"$submitted")
 read -r rps _ p99 < <(load "$base/builds/$build_id" 64 -H 'Accept-Encoding: gzip, deflate, br, zstd')
 printf 'page /builds/%s (as Chromium asks): %s pages/s at 64 connections, p99 %s\n' "$build_id" "$rps" "$p99"
+
+if command -v node >/dev/null && [ -x /usr/bin/chromium ]; then
+  printf 'navigation to hydrated, /: %s\n' "$(node bench/hydrate.mjs "$base/" 5)"
+  printf 'navigation to hydrated, /builds/%s with its token: %s\n' "$build_id" "$(node bench/hydrate.mjs "$base$page_url" 5)"
+else
+  echo 'navigation to hydrated: skipped (needs node and /usr/bin/chromium: scripts/setup.sh)'
+fi
 
 css=$(grep -oE '/pkg/[^"]+\.css' <<<"$assets" | head -n1)
 read -r rps p50 p99 < <(load "$base$css" 1 -H 'Accept-Encoding: br, gzip')
