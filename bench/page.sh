@@ -109,11 +109,11 @@ page_url=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["pageUrl"])'
 read -r rps _ p99 < <(load "$base/builds/$build_id" 64 -H 'Accept-Encoding: gzip, deflate, br, zstd')
 printf 'page /builds/%s (as Chromium asks): %s pages/s at 64 connections, p99 %s\n' "$build_id" "$rps" "$p99"
 
-if command -v node >/dev/null && [ -x /usr/bin/chromium ]; then
+if command -v node >/dev/null && [ -x /usr/bin/chromium ] && [ -d end2end/node_modules/playwright-core ]; then
   printf 'navigation to hydrated, /: %s\n' "$(node bench/hydrate.mjs "$base/" 5)"
   printf 'navigation to hydrated, /builds/%s with its token: %s\n' "$build_id" "$(node bench/hydrate.mjs "$base$page_url" 5)"
 else
-  echo 'navigation to hydrated: skipped (needs node and /usr/bin/chromium: scripts/setup.sh)'
+  echo 'navigation to hydrated: skipped (needs node, /usr/bin/chromium and end2end/node_modules: scripts/setup.sh)'
 fi
 
 css=$(grep -oE '/pkg/[^"]+\.css' <<<"$assets" | head -n1)
