@@ -215,12 +215,10 @@ async fn listen(
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(QUEUE_CHANNEL).await?;
     loop {
-        match listener.try_recv().await? {
-            Some(_) => waiters.notify_waiters(),
-            // The connection dropped and the next `try_recv` reconnects:
-            // anything sent meanwhile is lost, so wake everyone to look.
-            None => waiters.notify_waiters(),
-        }
+        // `None` means the connection dropped and the next call reconnects:
+        // anything sent meanwhile is lost, so that too wakes everyone to look.
+        listener.try_recv().await?;
+        waiters.notify_waiters();
     }
 }
 
