@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::{header, Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::wire::{
     BuildSubmitted, BuildView, ClaimedBuild, CompleteBuild, ErrorBody, Heartbeat, PollAnswer,
@@ -153,12 +154,74 @@ impl Controllers {
     }
 }
 
-/// Answers counted by route and status (`0` for no answer), for logs and the
-/// simulator's summary.
+/// Answers counted by route and status (`0` for no answer), and the time
+/// each answer took by route, for logs and the simulator's summary.
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
     counts: Arc<Mutex<BTreeMap<(&'static str, u16), u64>>>,
+    latency: Arc<Mutex<BTreeMap<&'static str, Latencies>>>,
     last: Arc<Mutex<Option<LastAnswer>>>,
+}
+
+/// Answer times in log-scale buckets: each bucket is 4% wider than the one
+/// before, from 10 µs up, so a percentile read from them is within 4% of the
+/// exact one, and recording costs the same however many answers there are.
+#[derive(Clone, Debug)]
+pub struct Latencies {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+/// Bucket 0 holds answers under this; bucket k those under `FLOOR * GROWTH^k`.
+const LATENCY_FLOOR_US: f64 = 10.0;
+const LATENCY_GROWTH: f64 = 1.04;
+/// Enough buckets for 10 µs * 1.04^480, about 30 minutes.
+const LATENCY_BUCKETS: usize = 480;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            buckets: vec![0; LATENCY_BUCKETS],
+            count: 0,
+        }
+    }
+}
+
+impl Latencies {
+    /// Counts one answer that took `took`.
+    pub fn record(&mut self, took: Duration) {
+        let us = took.as_secs_f64() * 1e6;
+        let k = if us < LATENCY_FLOOR_US {
+            0
+        } else {
+            ((us / LATENCY_FLOOR_US).ln() / LATENCY_GROWTH.ln()).ceil() as usize
+        };
+        self.buckets[k.min(LATENCY_BUCKETS - 1)] += 1;
+        self.count += 1;
+    }
+
+    /// Answers counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q` quantile (0..=1), as the upper edge of its bucket; None
+    /// before any answer.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (k, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let us = LATENCY_FLOOR_US * LATENCY_GROWTH.powi(k as i32);
+                return Some(Duration::from_secs_f64(us / 1e6));
+            }
+        }
+        None
+    }
 }
 
 /// The controller's latest answer.
@@ -173,6 +236,25 @@ pub struct LastAnswer {
 }
 
 impl Tally {
+    fn record_latency(&self, route: &'static str, took: Duration) {
+        if let Ok(mut latency) = self.latency.lock() {
+            latency.entry(route).or_default().record(took);
+        }
+    }
+
+    /// A copy of the answer times by route.
+    pub fn latencies(&self) -> BTreeMap<&'static str, Latencies> {
+        self.latency.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Forgets the answer times so far (counts stay), so that a measured
+    /// phase starts from nothing.
+    pub fn reset_latencies(&self) {
+        if let Ok(mut latency) = self.latency.lock() {
+            latency.clear();
+        }
+    }
+
     fn record(&self, route: &'static str, status: u16) {
         if let Ok(mut counts) = self.counts.lock() {
             *counts.entry((route, status)).or_default() += 1;
@@ -236,16 +318,46 @@ pub struct Client {
     controllers: Controllers,
     secret: String,
     tally: Tally,
+    /// Most requests in flight at once over all clones (long polls aside),
+    /// when set: the simulator's thousands of workers share one pool.
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+/// How a client's connections are pooled.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool {
+    /// Idle keep-alive connections kept per controller.
+    pub max_idle: usize,
+    /// Most requests in flight at once, long polls aside (each of those
+    /// holds its own connection, as each volunteer's would).
+    pub max_in_flight: usize,
 }
 
 impl Client {
     /// A client for `controllers` (URLs like `http://127.0.0.1:3000`)
     /// speaking with `secret`, counting answers into `tally`.
     pub fn new(controllers: Controllers, secret: &str, tally: Tally) -> Result<Self, CallError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("freeagent-agent/", env!("CARGO_PKG_VERSION")))
+        let http = Self::builder().build().map_err(CallError::Transport)?;
+        Ok(Client {
+            http,
+            controllers,
+            secret: secret.trim().to_string(),
+            tally,
+            in_flight: None,
+        })
+    }
+
+    /// Like [`Client::new`] with a bounded pool: at most `pool.max_idle`
+    /// idle connections and `pool.max_in_flight` requests at once over this
+    /// client and every clone of it (see [`Client::with_secret`]).
+    pub fn pooled(
+        controllers: Controllers,
+        secret: &str,
+        tally: Tally,
+        pool: Pool,
+    ) -> Result<Self, CallError> {
+        let http = Self::builder()
+            .pool_max_idle_per_host(pool.max_idle)
             .build()
             .map_err(CallError::Transport)?;
         Ok(Client {
@@ -253,7 +365,15 @@ impl Client {
             controllers,
             secret: secret.trim().to_string(),
             tally,
+            in_flight: Some(Arc::new(Semaphore::new(pool.max_in_flight.max(1)))),
         })
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("freeagent-agent/", env!("CARGO_PKG_VERSION")))
     }
 
     /// The same controllers with another secret (and the same tally).
@@ -307,8 +427,27 @@ impl Client {
         route: &'static str,
         request: Request,
     ) -> Result<reqwest::Response, CallError> {
+        let _permit = match &self.in_flight {
+            Some(limit) => limit.acquire().await.ok(),
+            None => None,
+        };
+        self.send_unlimited(route, route, request).await
+    }
+
+    /// Sends without taking a place among the requests in flight; the
+    /// answer's time is counted under `timed_as`.
+    async fn send_unlimited(
+        &self,
+        route: &'static str,
+        timed_as: &'static str,
+        request: Request,
+    ) -> Result<reqwest::Response, CallError> {
+        let began = std::time::Instant::now();
         let failed = match request.builder.send().await {
-            Ok(response) => self.answer(route, response).await,
+            Ok(response) => {
+                self.tally.record_latency(timed_as, began.elapsed());
+                self.answer(route, response).await
+            }
             Err(e) => {
                 self.tally.record(route, 0);
                 Err(CallError::Transport(e))
@@ -419,7 +558,14 @@ impl Client {
         let request = self
             .request(Method::POST, &format!("/api/workers/poll?waitS={seconds}"))
             .timeout(Duration::from_secs(seconds) + REQUEST_TIMEOUT);
-        let response = self.send("poll", request).await?;
+        // A held poll's time is the wait, not the controller's speed: it is
+        // counted apart. It takes no place among the requests in flight
+        // (it may be held for a minute), as a volunteer's own would not.
+        let response = if seconds == 0 {
+            self.send("poll", request).await?
+        } else {
+            self.send_unlimited("poll", "poll-wait", request).await?
+        };
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
@@ -524,6 +670,28 @@ mod tests {
         assert_eq!(one.failed(0), None);
         assert_eq!(one.current(), (0, "http://a"));
         assert!(Controllers::new(Vec::<String>::new()).is_none());
+    }
+
+    /// Percentiles read from the log buckets are within their 4% of the
+    /// exact ones, and none is claimed before any answer.
+    #[test]
+    fn latency_percentiles_are_within_a_bucket() {
+        let mut times = Latencies::default();
+        assert_eq!(times.quantile(0.5), None);
+        // 1..=1000 ms: p50 is 500 ms, p99 990 ms.
+        for ms in 1..=1000u64 {
+            times.record(Duration::from_millis(ms));
+        }
+        assert_eq!(times.count(), 1000);
+        for (q, exact) in [(0.5, 500.0), (0.99, 990.0), (1.0, 1000.0)] {
+            let got = times.quantile(q).expect("answers").as_secs_f64() * 1e3;
+            assert!(
+                got >= exact && got <= exact * 1.04 + 1e-9,
+                "q {q}: {got} ms for {exact} ms"
+            );
+        }
+        times.record(Duration::from_secs(100_000));
+        assert!(times.quantile(1.0).expect("answers") > Duration::from_secs(1000));
     }
 
     /// No answer and 502/503/504 move on; any other answer, 4xx and 500
