@@ -12,7 +12,8 @@
 #   - its RSS at the end (and peak), and RSS per worker over the idle
 #     controller's;
 #   - requests/s and p50/p99 of the answer by route, as the simulator saw
-#     them ("poll-wait" is the held long polls, whose time is the wait);
+#     them ("poll" is the polls that claimed a build, "poll-wait" the long
+#     polls held to the end of their wait, whose time is the wait);
 #   - samples sent against samples stored (the database's snapshot counts),
 #     and /api/stats checked against the simulator's tally (totalBuilds =
 #     builds the simulator finished; answers other than 2xx);

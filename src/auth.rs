@@ -29,38 +29,139 @@ struct AuthInner {
     storage: Storage,
     /// SHA-256 of the admin key; the key itself is not kept.
     admin_key_hash: [u8; 32],
-    /// Worker identities by token hash (workers never change once registered).
-    workers: Mutex<HashMap<[u8; 32], WorkerIdentity>>,
-    /// Last authenticated call per worker, ms since the epoch, as last
-    /// written through to the database.
-    last_seen: Mutex<HashMap<i64, i64>>,
-    /// How stale a worker's stored `last_seen_at` may get before a call
-    /// refreshes it.
-    last_seen_resolution_ms: i64,
+    /// Worker identities by token hash (workers never change once
+    /// registered), each with when it was last used, ms since the epoch:
+    /// identities unused for the online window are evicted at a flush, so
+    /// the cache holds the workers that call, not every worker ever known.
+    workers: Mutex<HashMap<[u8; 32], (WorkerIdentity, i64)>>,
+    /// When each worker was last seen, until it is written.
+    seen: SeenTimes,
+    /// How long an unused identity stays cached.
+    identity_ttl_ms: i64,
+}
+
+/// Workers' latest authenticated calls that are not yet in the database,
+/// ms since the epoch by worker id. Cheap to clone.
+///
+/// Recording that a worker was seen is a map insert; [`SeenTimes::flush`]
+/// writes every pending time in one statement. Writing per request cost a
+/// database job per authenticated call, most of the controller's work at
+/// fleet-shaped load. Whatever reads `last_seen_at` on this controller
+/// flushes first (the figures' `nodesOnline`, the lease reaper), and a
+/// background task flushes every [`SeenTimes::every`], a small fraction of
+/// the online window and the lease timeout, for the other controllers of a
+/// Postgres database. The map is emptied at every flush, so it holds only
+/// the workers seen since the last one.
+#[derive(Clone)]
+pub struct SeenTimes {
+    inner: Arc<SeenInner>,
+}
+
+struct SeenInner {
+    storage: Storage,
+    pending: Mutex<HashMap<i64, i64>>,
+    /// One flush at a time, so a time taken from the map is written before
+    /// a later flush can report the map written.
+    flushing: tokio::sync::Mutex<()>,
+    every: Duration,
+}
+
+/// Longest time between flushes of the seen-times.
+pub const SEEN_FLUSH_MAX: Duration = Duration::from_secs(5);
+
+impl SeenTimes {
+    /// Seen-times written to `storage` at least every eighth of the shorter
+    /// of `online_window` and `lease_timeout`, and at most every
+    /// [`SEEN_FLUSH_MAX`].
+    pub fn new(storage: Storage, online_window: Duration, lease_timeout: Duration) -> SeenTimes {
+        let every =
+            (online_window.min(lease_timeout) / 8).clamp(Duration::from_millis(50), SEEN_FLUSH_MAX);
+        SeenTimes {
+            inner: Arc::new(SeenInner {
+                storage,
+                pending: Mutex::new(HashMap::new()),
+                flushing: tokio::sync::Mutex::new(()),
+                every,
+            }),
+        }
+    }
+
+    /// How often the background task flushes.
+    pub fn every(&self) -> Duration {
+        self.inner.every
+    }
+
+    /// Worker `id` made an authenticated call at `now`.
+    pub fn record(&self, id: i64, now: i64) {
+        lock(&self.inner.pending)
+            .entry(id)
+            .and_modify(|at| *at = (*at).max(now))
+            .or_insert(now);
+    }
+
+    /// Workers seen since the last flush.
+    pub fn pending(&self) -> usize {
+        lock(&self.inner.pending).len()
+    }
+
+    /// Writes every pending seen-time, in one database job; returns how
+    /// many. When the write fails the times go back to the map for the next
+    /// flush.
+    pub async fn flush(&self) -> Result<usize> {
+        let _one = self.inner.flushing.lock().await;
+        let taken = std::mem::take(&mut *lock(&self.inner.pending));
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let times: Vec<(i64, i64)> = taken.iter().map(|(&id, &at)| (id, at)).collect();
+        match self.inner.storage.record_seen_times(times).await {
+            Ok(()) => Ok(taken.len()),
+            Err(error) => {
+                let mut pending = lock(&self.inner.pending);
+                for (id, at) in taken {
+                    let entry = pending.entry(id).or_insert(at);
+                    *entry = (*entry).max(at);
+                }
+                Err(error)
+            }
+        }
+    }
 }
 
 impl AuthState {
     /// Authentication against `admin_key_hash` and the workers in
-    /// `storage`. A worker's stored last-seen time is refreshed at most once
-    /// per second, and per an eighth of `online_window` and `lease_timeout`
-    /// when those are shorter, so the stored time never makes a live worker
-    /// look silent while heartbeats and telemetry cost few writes.
+    /// `storage`; authenticated calls are recorded in `seen`. A worker
+    /// identity unused for `online_window` leaves the cache.
     pub fn new(
         storage: Storage,
         admin_key_hash: [u8; 32],
+        seen: SeenTimes,
         online_window: Duration,
-        lease_timeout: Duration,
     ) -> AuthState {
-        let window = online_window.min(lease_timeout).as_millis() as i64;
         AuthState {
             inner: Arc::new(AuthInner {
                 storage,
                 admin_key_hash,
                 workers: Mutex::new(HashMap::new()),
-                last_seen: Mutex::new(HashMap::new()),
-                last_seen_resolution_ms: (window / 8).clamp(1, 1_000),
+                seen,
+                identity_ttl_ms: online_window.as_millis() as i64,
             }),
         }
+    }
+
+    /// Where authenticated calls are recorded.
+    pub fn seen(&self) -> &SeenTimes {
+        &self.inner.seen
+    }
+
+    /// Flushes the seen-times, then evicts the identities nobody used for
+    /// the online window; returns how many stay cached.
+    pub async fn flush_seen(&self) -> Result<usize> {
+        self.inner.seen.flush().await?;
+        let unused_since = now_ms() - self.inner.identity_ttl_ms;
+        let mut workers = lock(&self.inner.workers);
+        workers.retain(|_, (_, used)| *used >= unused_since);
+        Ok(workers.len())
     }
 
     /// The bearer secret of a request as the admin key or some other
@@ -75,7 +176,7 @@ impl AuthState {
 
     /// Remembers a newly registered worker, so its first call needs no look-up.
     pub fn remember_worker(&self, token_hash: [u8; 32], identity: WorkerIdentity) {
-        lock(&self.inner.workers).insert(token_hash, identity);
+        lock(&self.inner.workers).insert(token_hash, (identity, now_ms()));
     }
 
     /// Loads build `id` for `reader` and checks the reader may see it.
@@ -89,14 +190,26 @@ impl AuthState {
         }
     }
 
+    /// The worker holding this secret; the call counts as a sign of life.
     async fn identify_worker(&self, hash: [u8; 32]) -> Result<WorkerIdentity> {
-        if let Some(identity) = lock(&self.inner.workers).get(&hash) {
-            return Ok(*identity);
-        }
-        let Some(identity) = self.inner.storage.worker_by_token(hash).await? else {
-            return Err(self.wrong_secret(hash).await);
+        let now = now_ms();
+        let cached = lock(&self.inner.workers)
+            .get_mut(&hash)
+            .map(|(identity, used)| {
+                *used = now;
+                *identity
+            });
+        let identity = match cached {
+            Some(identity) => identity,
+            None => {
+                let Some(identity) = self.inner.storage.worker_by_token(hash).await? else {
+                    return Err(self.wrong_secret(hash).await);
+                };
+                lock(&self.inner.workers).insert(hash, (identity, now));
+                identity
+            }
         };
-        lock(&self.inner.workers).insert(hash, identity);
+        self.inner.seen.record(identity.id, now);
         Ok(identity)
     }
 
@@ -114,21 +227,21 @@ impl AuthState {
             Err(error) => error,
         }
     }
+}
 
-    /// Records an authenticated call of worker `id` now, writing it through
-    /// at most once per resolution.
-    async fn touch_worker(&self, id: i64) -> Result<()> {
-        let now = now_ms();
-        {
-            let mut seen = lock(&self.inner.last_seen);
-            match seen.get(&id) {
-                Some(&at) if now - at < self.inner.last_seen_resolution_ms => return Ok(()),
-                _ => {
-                    seen.insert(id, now);
-                }
+/// Flushes the seen-times (and evicts unused identities) every
+/// [`SeenTimes::every`] until the task is aborted.
+pub async fn run_seen_flusher(auth: AuthState) {
+    let mut ticker = tokio::time::interval(auth.seen().every());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match auth.flush_seen().await {
+            Ok(cached) => tracing::trace!(cached, "seen-times written"),
+            Err(error) => {
+                tracing::warn!(%error, "could not write the seen-times; kept for the next flush")
             }
         }
-        self.inner.storage.record_last_seen(id, now).await
     }
 }
 
@@ -195,7 +308,7 @@ where
 }
 
 /// The caller is a registered worker. Extracting this also records the call
-/// as the worker's latest sign of life.
+/// as the worker's latest sign of life (in memory; see [`SeenTimes`]).
 pub struct Worker(pub WorkerIdentity);
 
 impl<S> FromRequestParts<S> for Worker
@@ -208,8 +321,62 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
         let auth = AuthState::from_ref(state);
         let hash = bearer_hash(parts).ok_or(AppError::Unauthorized)?;
-        let identity = auth.identify_worker(hash).await?;
-        auth.touch_worker(identity.id).await?;
-        Ok(Worker(identity))
+        Ok(Worker(auth.identify_worker(hash).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::NewWorker;
+
+    /// A worker's calls are recorded in memory and written by a flush,
+    /// which empties the map; an identity nobody used for the online window
+    /// leaves the cache, and the worker's next call finds it again.
+    #[tokio::test]
+    async fn seen_times_flush_and_quiet_identities_leave() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let storage = Storage::open(&url).await.expect("open");
+        let token = new_secret();
+        let hash = hash_secret(&token);
+        let id = storage
+            .register_worker(NewWorker {
+                name: "w".into(),
+                platforms_json: r#"["linux"]"#.into(),
+                cpu_cores: 4,
+                memory_mb: 8192,
+                token_hash: hash,
+                registered_at: 1,
+            })
+            .await
+            .expect("register");
+        let window = Duration::from_millis(200);
+        let seen = SeenTimes::new(storage.clone(), window, Duration::from_secs(300));
+        assert_eq!(seen.every(), Duration::from_millis(50));
+        let auth = AuthState::new(storage.clone(), hash_secret("admin"), seen.clone(), window);
+        assert_eq!(auth.identify_worker(hash).await.expect("known").id, id);
+        assert_eq!(auth.identify_worker(hash).await.expect("cached").id, id);
+        assert_eq!(
+            seen.pending(),
+            1,
+            "one entry per worker, however many calls"
+        );
+        let online = |since| {
+            let storage = storage.clone();
+            async move {
+                let figures = storage.figures(0, since, 0).await.expect("figures");
+                figures.workers_online
+            }
+        };
+        assert_eq!(online(2).await, 0, "not written yet");
+        assert_eq!(auth.flush_seen().await.expect("flush"), 1, "still cached");
+        assert_eq!(online(2).await, 1, "written");
+        assert_eq!(seen.pending(), 0);
+        assert_eq!(seen.flush().await.expect("flush"), 0, "nothing new");
+        tokio::time::sleep(window + Duration::from_millis(50)).await;
+        assert_eq!(auth.flush_seen().await.expect("flush"), 0, "evicted");
+        assert_eq!(auth.identify_worker(hash).await.expect("looked up").id, id);
+        assert_eq!(seen.pending(), 1);
     }
 }

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+use crate::auth::SeenTimes;
 use crate::cache::TtlCache;
 use crate::clock::now_ms;
 use crate::error::Result;
@@ -58,6 +59,9 @@ struct FiguresInner {
     stats: TtlCache<NetworkStats>,
     /// The chart's days as last read, reused for `--stats-ttl`.
     chart: TtlCache<Vec<DailyBuilds>>,
+    /// Workers seen since the last flush: written before `nodesOnline` is
+    /// counted, so the count is exact on this controller.
+    seen: SeenTimes,
 }
 
 impl FiguresState {
@@ -67,6 +71,7 @@ impl FiguresState {
         ttl: Duration,
         online_window: Duration,
         poll_interval: Duration,
+        seen: SeenTimes,
     ) -> FiguresState {
         FiguresState {
             inner: Arc::new(FiguresInner {
@@ -75,6 +80,7 @@ impl FiguresState {
                 poll_interval,
                 stats: TtlCache::new(ttl),
                 chart: TtlCache::new(ttl),
+                seen,
             }),
         }
     }
@@ -94,6 +100,7 @@ impl FiguresState {
 
     async fn real_stats(&self, now: i64) -> Result<NetworkStats> {
         let online_since = now - self.inner.online_window.as_millis() as i64;
+        self.inner.seen.flush().await?;
         let stored = self
             .inner
             .storage

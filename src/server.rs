@@ -23,7 +23,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::shell;
-use crate::auth::{hash_secret, AuthState};
+use crate::auth::{hash_secret, AuthState, SeenTimes};
 use crate::config::ServeArgs;
 use crate::error::AppError;
 use crate::figures::FiguresState;
@@ -105,12 +105,13 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let key = admin_key(args.admin_key.as_deref())?;
     let storage = Storage::open(&args.database_url).await?;
     let grace_ms = args.telemetry_grace.as_millis() as i64;
+    let seen = SeenTimes::new(storage.clone(), args.online_window, args.lease_timeout);
     Ok(AppState {
         auth: AuthState::new(
             storage.clone(),
             hash_secret(&key),
+            seen.clone(),
             args.online_window,
-            args.lease_timeout,
         ),
         fleet: FleetState {
             storage: storage.clone(),
@@ -118,6 +119,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             telemetry_grace: args.telemetry_grace,
             queue_changed: Arc::default(),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            seen: seen.clone(),
         },
         ingest: IngestState::start(storage.clone(), grace_ms, args.telemetry_rate),
         figures: FiguresState::new(
@@ -125,6 +127,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             args.stats_ttl,
             args.online_window,
             args.poll_interval,
+            seen,
         ),
         retention: RetentionState {
             storage: storage.clone(),
@@ -207,7 +210,9 @@ where
     let background = [
         tokio::spawn(crate::fleet::reaper::run_reaper(state.fleet.clone())),
         tokio::spawn(crate::retention::run_retention(state.retention.clone())),
+        tokio::spawn(crate::auth::run_seen_flusher(state.auth.clone())),
     ];
+    let auth = state.auth.clone();
     tracing::info!(
         addr = %args.listen,
         database = %crate::storage::redacted_url(&args.database_url),
@@ -234,6 +239,10 @@ where
         .await;
     for task in background {
         task.abort();
+    }
+    // The last calls seen are written before the controller goes.
+    if let Err(error) = auth.flush_seen().await {
+        tracing::warn!(%error, "could not write the workers' last seen-times");
     }
     // Another controller on the same database takes these over at once
     // rather than when their leases run out.

@@ -431,21 +431,22 @@ impl Client {
             Some(limit) => limit.acquire().await.ok(),
             None => None,
         };
-        self.send_unlimited(route, route, request).await
+        self.send_unlimited(route, request, |_| route).await
     }
 
     /// Sends without taking a place among the requests in flight; the
-    /// answer's time is counted under `timed_as`.
+    /// answer's time is counted under the name `timed_as` gives its status.
     async fn send_unlimited(
         &self,
         route: &'static str,
-        timed_as: &'static str,
         request: Request,
+        timed_as: impl FnOnce(StatusCode) -> &'static str,
     ) -> Result<reqwest::Response, CallError> {
         let began = std::time::Instant::now();
         let failed = match request.builder.send().await {
             Ok(response) => {
-                self.tally.record_latency(timed_as, began.elapsed());
+                self.tally
+                    .record_latency(timed_as(response.status()), began.elapsed());
                 self.answer(route, response).await
             }
             Err(e) => {
@@ -558,13 +559,21 @@ impl Client {
         let request = self
             .request(Method::POST, &format!("/api/workers/poll?waitS={seconds}"))
             .timeout(Duration::from_secs(seconds) + REQUEST_TIMEOUT);
-        // A held poll's time is the wait, not the controller's speed: it is
-        // counted apart. It takes no place among the requests in flight
-        // (it may be held for a minute), as a volunteer's own would not.
+        // A poll held to the end of its wait (204) took the wait, not the
+        // controller's time: it is timed apart, as "poll-wait". It takes no
+        // place among the requests in flight (it may be held for a minute),
+        // as a volunteer's own would not.
         let response = if seconds == 0 {
             self.send("poll", request).await?
         } else {
-            self.send_unlimited("poll", "poll-wait", request).await?
+            self.send_unlimited("poll", request, |status| {
+                if status == StatusCode::NO_CONTENT {
+                    "poll-wait"
+                } else {
+                    "poll"
+                }
+            })
+            .await?
         };
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);

@@ -524,10 +524,11 @@ fn print_summary(
             .filter(|((r, _), _)| r == route)
             .map(|(key, n)| n - before.get(key).copied().unwrap_or(0))
             .sum();
-        let n = if *route == "poll-wait" {
-            times.count()
-        } else {
-            sent.max(times.count())
+        // A poll is timed as "poll" when it claimed a build and as
+        // "poll-wait" when held to the end of its wait: counted apart.
+        let n = match *route {
+            "poll" | "poll-wait" => times.count(),
+            _ => sent.max(times.count()),
         };
         let ms = |q: f64| times.quantile(q).map(|d| d.as_secs_f64() * 1e3);
         let rate = n as f64 / seconds;

@@ -36,6 +36,8 @@ pub struct FleetState {
     pub queue_changed: std::sync::Arc<tokio::sync::Notify>,
     /// Set when the controller begins to shut down: long polls end.
     pub stopping: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Workers seen and not yet written: the reaper writes them first.
+    pub seen: crate::auth::SeenTimes,
 }
 
 /// Routes of this domain.

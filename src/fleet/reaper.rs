@@ -39,7 +39,19 @@ pub async fn run_reaper(fleet: FleetState) {
                 continue;
             }
         }
-        let silent_since = now - lease.as_millis() as i64;
+        // This controller's own seen-times are written first. Another
+        // controller of a Postgres database writes its own at least every
+        // flush interval, so a worker it saw may look that much more silent
+        // here: the margin keeps the reaper from taking its build early.
+        if let Err(error) = fleet.seen.flush().await {
+            tracing::error!(%error, "could not write the seen-times before reaping");
+            continue;
+        }
+        let margin = match fleet.storage.backend_name() {
+            "postgres" => fleet.seen.every(),
+            _ => std::time::Duration::ZERO,
+        };
+        let silent_since = now - (lease + margin).as_millis() as i64;
         match fleet.storage.reap_lost_leases(silent_since, now).await {
             Ok(lost) => {
                 if lost.iter().any(|b| b.attempt < MAX_ATTEMPTS) {

@@ -6,7 +6,7 @@ pub mod batcher;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRef, Path, Request, State};
 use axum::http::StatusCode;
@@ -31,7 +31,7 @@ use batcher::TelemetryQueue;
 pub struct IngestState {
     storage: Storage,
     queue: TelemetryQueue,
-    buckets: Arc<Mutex<HashMap<i64, Bucket>>>,
+    buckets: Arc<Mutex<Buckets>>,
     /// Sustained telemetry requests per second per worker; bursts of twice that.
     rate: u32,
 }
@@ -42,7 +42,7 @@ impl IngestState {
         IngestState {
             queue: TelemetryQueue::start(storage.clone(), grace_ms),
             storage,
-            buckets: Arc::new(Mutex::new(HashMap::new())),
+            buckets: Arc::new(Mutex::new(Buckets::new(Instant::now()))),
             rate,
         }
     }
@@ -55,6 +55,62 @@ struct Bucket {
     tokens: f64,
     /// When `tokens` was last refilled.
     refilled: Instant,
+}
+
+/// How often full buckets are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Every worker's bucket. A bucket that has refilled to its burst is the
+/// same as none, so a sweep every [`SWEEP_EVERY`] drops those: the map holds
+/// the workers that posted lately, not every worker that ever did.
+#[derive(Debug)]
+struct Buckets {
+    by_worker: HashMap<i64, Bucket>,
+    swept: Instant,
+}
+
+impl Buckets {
+    fn new(now: Instant) -> Buckets {
+        Buckets {
+            by_worker: HashMap::new(),
+            swept: now,
+        }
+    }
+
+    /// Takes one request of worker `id` at `now` from its bucket (`rate`
+    /// per second, bursts of twice that): Ok, or the whole seconds to wait.
+    fn take(&mut self, id: i64, now: Instant, rate: f64) -> std::result::Result<(), u64> {
+        let burst = 2.0 * rate;
+        if now.duration_since(self.swept) >= SWEEP_EVERY {
+            self.sweep(now, rate);
+        }
+        let bucket = self.by_worker.entry(id).or_insert(Bucket {
+            tokens: burst,
+            refilled: now,
+        });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Drops the buckets that are full again by `now`.
+    fn sweep(&mut self, now: Instant, rate: f64) {
+        let burst = 2.0 * rate;
+        self.by_worker
+            .retain(|_, b| b.tokens + now.duration_since(b.refilled).as_secs_f64() * rate < burst);
+        self.swept = now;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_worker.len()
+    }
 }
 
 /// Routes of this domain.
@@ -70,26 +126,9 @@ where
 }
 
 fn rate_limit(state: &IngestState, worker_id: i64) -> Result<()> {
-    let rate = f64::from(state.rate);
-    let burst = 2.0 * rate;
-    let now = Instant::now();
-    let mut buckets = lock(&state.buckets);
-    let bucket = buckets.entry(worker_id).or_insert(Bucket {
-        tokens: burst,
-        refilled: now,
-    });
-    let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-    bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-    bucket.refilled = now;
-    if bucket.tokens >= 1.0 {
-        bucket.tokens -= 1.0;
-        Ok(())
-    } else {
-        let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0);
-        Err(AppError::RateLimited {
-            retry_after_s: wait as u64,
-        })
-    }
+    lock(&state.buckets)
+        .take(worker_id, Instant::now(), f64::from(state.rate))
+        .map_err(|retry_after_s| AppError::RateLimited { retry_after_s })
 }
 
 async fn telemetry(
@@ -139,4 +178,40 @@ async fn snapshots(
     let id = parse_build_id(&id)?;
     auth.authorize_reader(&reader, id).await?;
     Ok(Json(state.storage.snapshots(id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that posts within its rate keeps a bucket; once it went
+    /// quiet long enough to refill, the next sweep drops it, and it starts
+    /// again from a full burst.
+    #[test]
+    fn quiet_workers_buckets_are_evicted() {
+        let t0 = Instant::now();
+        let mut buckets = Buckets::new(t0);
+        let rate = 10.0;
+        for id in 1..=1000 {
+            assert_eq!(buckets.take(id, t0, rate), Ok(()));
+        }
+        assert_eq!(buckets.len(), 1000);
+        // Worker 1 empties its burst of 20 and is refused.
+        for _ in 0..19 {
+            assert_eq!(buckets.take(1, t0, rate), Ok(()));
+        }
+        assert_eq!(buckets.take(1, t0, rate), Err(1));
+        // 1.5 s later: every other bucket is full again, worker 1's is not.
+        let t1 = t0 + Duration::from_millis(1500);
+        buckets.sweep(t1, rate);
+        assert_eq!(buckets.len(), 1, "only the bucket still refilling stays");
+        // The sweep runs by itself SWEEP_EVERY after the last one.
+        let t2 = t1 + SWEEP_EVERY;
+        assert_eq!(buckets.take(7, t2, rate), Ok(()));
+        assert_eq!(buckets.len(), 1, "worker 1's refilled and went; 7 is new");
+        for _ in 0..19 {
+            assert_eq!(buckets.take(7, t2, rate), Ok(()), "a fresh full burst");
+        }
+        assert_eq!(buckets.take(7, t2, rate), Err(1));
+    }
 }

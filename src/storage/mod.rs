@@ -254,11 +254,12 @@ impl Storage {
         }
     }
 
-    /// Records that worker `id` made an authenticated call at `now`.
-    pub async fn record_last_seen(&self, id: i64, now: i64) -> Result<()> {
+    /// Records that each worker `(id, at)` made an authenticated call at
+    /// `at` (ms); a stored time never moves backwards.
+    pub async fn record_seen_times(&self, times: Vec<(i64, i64)>) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(db) => db.record_last_seen(id, now).await,
-            Backend::Postgres(db) => db.record_last_seen(id, now).await,
+            Backend::Sqlite(db) => db.record_seen_times(times).await,
+            Backend::Postgres(db) => db.record_seen_times(times).await,
         }
     }
 

@@ -4,6 +4,7 @@
 use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// Registering answers 201 `{workerId, token}` and the worker counts as online.
 #[tokio::test]
@@ -242,4 +243,75 @@ async fn shutdown_ends_held_long_polls() {
     );
     let answer = poll.await.expect("poll task").expect("poll answer");
     assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+}
+
+/// `workers.last_seen_at` of a worker, as stored.
+async fn stored_last_seen(app: &TestApp, worker: &Worker) -> i64 {
+    sqlx::query_scalar("SELECT last_seen_at FROM workers WHERE id = $1")
+        .bind(worker.id)
+        .fetch_one(&app.db().await)
+        .await
+        .expect("worker row")
+}
+
+/// A call's seen-time is kept in memory and written in batches: it reaches
+/// the database within the flush interval (here an eighth of the 2 s online
+/// window) without anything reading it, and never moves backwards.
+#[tokio::test]
+async fn seen_times_are_written_within_the_flush_interval() {
+    let app = TestApp::builder()
+        .with_args(|a| a.online_window = Duration::from_secs(2))
+        .start()
+        .await;
+    let worker = linux_worker(&app).await;
+    let registered = stored_last_seen(&app, &worker).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let called = now_ms();
+    assert_eq!(app.heartbeat(&worker).await, StatusCode::OK);
+    let written = wait_for(
+        Duration::from_secs(2),
+        "the seen-time to be written",
+        || async {
+            let at = stored_last_seen(&app, &worker).await;
+            (at >= called).then_some(at)
+        },
+    )
+    .await;
+    assert!(written > registered);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        stored_last_seen(&app, &worker).await,
+        written,
+        "no call, no write"
+    );
+}
+
+/// A worker that keeps calling keeps its build however short the lease,
+/// although its calls are written only in batches (the reaper writes them
+/// first); once it goes silent the build goes back to the queue.
+#[tokio::test]
+async fn a_worker_that_keeps_calling_keeps_its_build() {
+    let app = TestApp::builder()
+        .with_args(|a| a.lease_timeout = Duration::from_secs(1))
+        .start()
+        .await;
+    let worker = linux_worker(&app).await;
+    let build = app.running_build(&worker, LINUX).await;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert_eq!(app.heartbeat(&worker).await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let view = app.build(build.id).await;
+        assert_eq!(
+            (view.status.as_str(), view.attempt),
+            ("building", 1),
+            "{view:?}"
+        );
+    }
+    let view = wait_for(Duration::from_secs(10), "the lease to expire", || async {
+        let view = app.build(build.id).await;
+        (view.status == "pending").then_some(view)
+    })
+    .await;
+    assert_eq!(view.attempt, 2);
 }

@@ -4,6 +4,9 @@ use super::Database;
 use crate::error::Result;
 use crate::storage::{NewWorker, WorkerIdentity};
 
+/// Seen-times written by one statement.
+const SEEN_TIMES_PER_STATEMENT: usize = 5_000;
+
 impl Database {
     /// Stores a new worker; returns its id.
     pub async fn register_worker(&self, worker: NewWorker) -> Result<i64> {
@@ -47,14 +50,24 @@ impl Database {
         Ok(known.is_some())
     }
 
-    /// Records that worker `id` made an authenticated call at `now`. Never
-    /// moves backwards, whichever controller saw the later call first.
-    pub async fn record_last_seen(&self, id: i64, now: i64) -> Result<()> {
-        sqlx::query("UPDATE workers SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
-            .bind(now)
-            .bind(id)
+    /// Records that each worker `(id, at)` made an authenticated call at
+    /// `at`, in one statement per chunk. Never moves backwards, whichever
+    /// controller saw the later call first. Ids in ascending order, so two
+    /// controllers flushing at once lock the rows in the same order.
+    pub async fn record_seen_times(&self, mut times: Vec<(i64, i64)>) -> Result<()> {
+        times.sort_unstable();
+        for chunk in times.chunks(SEEN_TIMES_PER_STATEMENT) {
+            let (ids, ats): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
+            sqlx::query(
+                "UPDATE workers AS w SET last_seen_at = v.at
+                 FROM unnest($1::bigint[], $2::bigint[]) AS v(id, at)
+                 WHERE w.id = v.id AND w.last_seen_at < v.at",
+            )
+            .bind(ids)
+            .bind(ats)
             .execute(&self.pool)
             .await?;
+        }
         Ok(())
     }
 }

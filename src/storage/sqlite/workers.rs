@@ -6,6 +6,9 @@ use super::Database;
 use crate::error::Result;
 use crate::storage::{NewWorker, WorkerIdentity};
 
+/// Seen-times written by one statement.
+const SEEN_TIMES_PER_STATEMENT: usize = 5_000;
+
 impl Database {
     /// Stores a new worker; returns its id.
     pub async fn register_worker(&self, worker: NewWorker) -> Result<i64> {
@@ -58,18 +61,29 @@ impl Database {
         Ok(known.is_some())
     }
 
-    /// Records that worker `id` made an authenticated call at `now`.
-    pub async fn record_last_seen(&self, id: i64, now: i64) -> Result<()> {
+    /// Records that each worker `(id, at)` made an authenticated call at
+    /// `at`: one job, one statement per chunk (a JSON array of pairs), so a
+    /// flush of thousands of workers costs a few statements.
+    pub async fn record_seen_times(&self, times: Vec<(i64, i64)>) -> Result<()> {
+        let chunks: Vec<String> = times
+            .chunks(SEEN_TIMES_PER_STATEMENT)
+            .map(|chunk| {
+                let pairs: Vec<[i64; 2]> = chunk.iter().map(|&(id, at)| [id, at]).collect();
+                serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
+            })
+            .collect();
         self.writer
             .write_checked(move |conn| {
                 async move {
-                    sqlx::query(
-                        "UPDATE workers SET last_seen_at = max(last_seen_at, ?) WHERE id = ?",
-                    )
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
+                    for json in chunks {
+                        sqlx::query(
+                            "UPDATE workers SET last_seen_at = max(last_seen_at, j.value ->> 1)
+                             FROM json_each(?) AS j WHERE workers.id = j.value ->> 0",
+                        )
+                        .bind(json)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
                     Ok(())
                 }
                 .boxed()
