@@ -16,11 +16,10 @@
 //! Because one task applies every change in order, claims and state
 //! transitions are atomic without row locks.
 //!
-//! A fleet's requests arrive spread over time rather than all at once, so a
-//! busy writer keeps each group open for a short window ([`COMMIT_WINDOW`])
-//! after its first job: spread-out requests then share a transaction, its
-//! BEGIN and COMMIT round trips and its fsync. A quiet writer (no group in
-//! the last [`BUSY_WITHIN`]) commits at once.
+//! There is no commit window (waiting a few ms for more jobs before BEGIN):
+//! tried for fleet-shaped load, it cut closed-loop throughput (64
+//! connections waiting on one group) to about a third, since nothing more
+//! can arrive while every client waits on the group being held open.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -240,43 +239,9 @@ impl Writer {
     }
 }
 
-/// How long a group stays open for more jobs once its first arrived, when
-/// the writer is busy: requests spread over time (a fleet's, not a
-/// benchmark's) then still share a commit, its statements and its fsync.
-const COMMIT_WINDOW: Duration = Duration::from_millis(2);
-/// The writer counts as busy when its previous group began this recently;
-/// a lone request on a quiet controller is committed without waiting.
-const BUSY_WITHIN: Duration = Duration::from_millis(50);
-
-/// Takes the jobs queued now, and when the writer is busy, those that
-/// arrive within [`COMMIT_WINDOW`] too. Returns 0 once every handle is gone.
-async fn next_group(
-    queue: &mut mpsc::Receiver<Job>,
-    batch: &mut Vec<Job>,
-    previous: Option<tokio::time::Instant>,
-) -> usize {
-    if queue.recv_many(batch, MAX_JOBS_PER_COMMIT).await == 0 {
-        return 0;
-    }
-    let now = tokio::time::Instant::now();
-    if previous.is_some_and(|at| now.duration_since(at) < BUSY_WITHIN) {
-        let deadline = now + COMMIT_WINDOW;
-        while batch.len() < MAX_JOBS_PER_COMMIT {
-            let room = MAX_JOBS_PER_COMMIT - batch.len();
-            match tokio::time::timeout_at(deadline, queue.recv_many(batch, room)).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
-    }
-    batch.len()
-}
-
 async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
-    let mut previous = None;
-    while next_group(&mut queue, &mut batch, previous).await > 0 {
-        previous = Some(tokio::time::Instant::now());
+    while queue.recv_many(&mut batch, MAX_JOBS_PER_COMMIT).await > 0 {
         let jobs = batch.len();
         let started = std::time::Instant::now();
         let mut deliveries = Vec::with_capacity(jobs);
