@@ -13,7 +13,6 @@ use axum::handler::Handler;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{middleware, Json, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -32,6 +31,8 @@ use crate::ingest::IngestState;
 use crate::retention::RetentionState;
 use crate::stats::reader::Figures;
 use crate::storage::{Duty, Storage};
+
+mod connections;
 
 /// The composition root: every domain's own state, assembled once. Each
 /// handler and extractor takes only the part it needs (`FromRef`).
@@ -215,23 +216,20 @@ where
         "controller listening"
     );
     let stopping = state.fleet.stopping.clone();
-    // Without TCP_NODELAY, a response whose headers and body leave in two
-    // writes waits for the client's delayed ACK (about 40 ms on Linux)
-    // before the body goes out: Nagle's algorithm holds the second small
-    // write until the first is acknowledged.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::warn!(%error, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Held long polls answer 204 now instead of holding the
-            // shutdown for up to a minute.
-            let _ = stopping.send(true);
-        })
-        .await;
+    let limits = connections::Limits {
+        head: args.head_timeout,
+        body: args.body_timeout,
+        idle: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    connections::raise_open_files_limit(args.max_connections);
+    connections::serve_connections(listener, router(state), limits, async move {
+        shutdown.await;
+        // Held long polls answer 204 now instead of holding the
+        // shutdown for up to a minute.
+        let _ = stopping.send(true);
+    })
+    .await;
     for task in background {
         task.abort();
     }
@@ -243,5 +241,5 @@ where
         }
     }
     tracing::info!("controller stopped");
-    Ok(result?)
+    Ok(())
 }

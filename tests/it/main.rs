@@ -22,6 +22,8 @@
 //!   - `api_retention`: purge and the background retention pass.
 //! - `attempts`: a requeued or released build runs again as its next attempt.
 //! - `concurrency`: simultaneous polls and telemetry writers.
+//! - `connections`: slow, idle and half-open clients are disconnected in
+//!   time, the connection cap makes new ones wait, others are served.
 //! - `invariants`: seeded random sequences checked against a recomputation.
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
@@ -44,6 +46,7 @@ mod api_telemetry;
 mod api_workers;
 mod attempts;
 mod concurrency;
+mod connections;
 mod crash;
 mod invariants;
 mod layers;
