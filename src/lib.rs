@@ -9,7 +9,8 @@
 //!
 //! **Shell** (assembles everything; server only):
 //! - [`server`]: the composition root `AppState` (each domain's own state,
-//!   `FromRef`), the router, background tasks, serving.
+//!   `FromRef`), the router, background tasks, serving (its
+//!   `connections`: head, body and idle timeouts, the connection cap).
 //! - [`site`]: the site's files served precompressed, caching headers,
 //!   compression of pages and JSON.
 //! - [`cli`]: subcommands; [`config`]: flags.

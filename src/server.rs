@@ -1,6 +1,6 @@
 //! Assembles the controller: the router (REST API, server functions, the
 //! landing page and its files), the background tasks, and serving with
-//! graceful shutdown. [`serve`] takes its listener and its shutdown signal
+//! graceful shutdown (connections and their limits: `connections`). [`serve`] takes its listener and its shutdown signal
 //! from the caller, so tests run the real thing on `127.0.0.1:0`.
 
 use std::future::Future;
