@@ -12,7 +12,7 @@
 use std::str::FromStr;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
 use crate::ledger::LedgerDelta;
 use crate::storage::verify::{run, stored_ledger, AuditBackend, OperationResult};
@@ -73,7 +73,11 @@ impl AuditBackend for PgConnection {
 
 /// See [`crate::storage::verify::verify`].
 pub async fn verify_database(url: &str, fix: bool) -> OperationResult<Report> {
-    let options = PgConnectOptions::from_str(url)?.application_name("freeagent verify");
+    let options = PgConnectOptions::from_str(url)?
+        .application_name("freeagent verify")
+        // A chunk of a large history may take more than sqlx's one-second
+        // "slow statement" threshold; that is no news.
+        .disable_statement_logging();
     let mut conn = PgConnection::connect_with(&options).await?;
     let report = run(&mut conn, fix).await?;
     conn.close().await?;

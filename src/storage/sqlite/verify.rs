@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, Executor, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Executor, SqliteConnection};
 
 use super::figures::apply_ledger;
 use crate::ledger::LedgerDelta;
@@ -24,7 +24,10 @@ async fn connect_existing(url: &str) -> OperationResult<SqliteConnection> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(false)
         // As long as the controller's own writer waits for the lock.
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+        // Reading a chunk of a large history may take more than sqlx's
+        // one-second "slow statement" threshold; that is no news.
+        .disable_statement_logging();
     let path = options.get_filename();
     if !path.is_file() {
         return Err(OperationError::Missing(path.to_path_buf()));
