@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::agent::{AgentCommand, SimulateArgs};
-use crate::config::{PurgeArgs, ServeArgs};
+use crate::config::{BackupArgs, PurgeArgs, ServeArgs, VerifyArgs};
 
 /// Free Agent: the controller of a volunteer build network, and its worker agent.
 #[derive(Parser, Debug)]
@@ -28,6 +28,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Delete raw samples and events older than the retention period, once.
     Purge(PurgeArgs),
+    /// Recompute every stored figure and print each difference (exit 1 when
+    /// any; 2 when the check could not run); `--repair` rewrites them.
+    Verify(VerifyArgs),
+    /// Copy a SQLite database, consistently, while it serves, into a new file.
+    Backup(BackupArgs),
     /// Run the worker agent, or register this machine (`agent register`).
     Agent(Box<AgentCommand>),
     /// Drive a controller with a fleet of simulated workers.
@@ -97,8 +102,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("removed {rows} rows");
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Verify(args)) => Ok(verify(args).await),
+        Some(Command::Backup(args)) => {
+            crate::storage::verify::backup(&args.database_url, &args.file)
+                .await
+                .with_context(|| format!("backing up into {}", args.file.display()))?;
+            println!("copied into {}", args.file.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Agent(command)) => Ok(crate::agent::run(*command).await?),
         Some(Command::Simulate(args)) => Ok(crate::agent::simulate(args).await?),
+    }
+}
+
+/// `freeagent verify`: one line per difference on stdout, a summary on
+/// stderr. Exit 0: none (or all repaired); 1: differences; 2: the check
+/// could not run, as `diff` does.
+async fn verify(args: VerifyArgs) -> ExitCode {
+    let report = match crate::storage::verify::verify(&args.database_url, args.repair).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!(
+                "error: verifying {}: {error}",
+                crate::storage::redacted_url(&args.database_url)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    for difference in &report.differences {
+        println!("{difference}");
+    }
+    let found = report.differences.len();
+    eprintln!(
+        "checked {} builds ({} with raw samples removed by retention): {found} differences{}",
+        report.builds,
+        report.builds_purged,
+        if report.repaired { ", repaired" } else { "" }
+    );
+    if found == 0 || report.repaired {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -130,6 +130,30 @@ pub struct PurgeArgs {
     pub retention_days: u32,
 }
 
+/// Flags of `freeagent verify`.
+#[derive(Args, Clone, Debug)]
+pub struct VerifyArgs {
+    /// Database URL (an existing SQLite file, or Postgres); never created.
+    #[arg(long, env = "FREEAGENT_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Rewrite every differing figure from its recomputation, in one
+    /// transaction, then exit 0.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+/// Flags of `freeagent backup`.
+#[derive(Args, Clone, Debug)]
+pub struct BackupArgs {
+    /// The copy to write: a new file (an existing one is refused).
+    pub file: std::path::PathBuf,
+
+    /// Database URL of the SQLite database to copy.
+    #[arg(long, env = "FREEAGENT_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

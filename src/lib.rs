@@ -34,6 +34,8 @@
 //! - [`telemetry`]: what a telemetry body means, and each sample's checks.
 //! - [`stats`]: the `NetworkStats` type, server functions, CPU-seconds
 //!   accounting, demo generator (shared with the browser).
+//! - [`verify`]: every stored figure recomputed from the rows it derives
+//!   from (`freeagent verify`), as pure code.
 //! - [`auth`] (bearer extractors and their state), [`body`] (JSON bodies),
 //!   [`error`] (one error type, mapped to HTTP once), [`cache`], [`clock`]
 //!   (time and durations), [`files`] (owner-only files),
@@ -83,6 +85,8 @@ pub mod site;
 pub mod storage;
 #[cfg(feature = "ssr")]
 pub mod telemetry;
+#[cfg(feature = "ssr")]
+pub mod verify;
 
 /// Browser entry point: hydrates the server-rendered page.
 #[cfg(feature = "hydrate")]

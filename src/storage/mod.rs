@@ -15,6 +15,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod verify;
 
 use crate::builds::{AttemptRow, BuildRow, Event};
 use crate::error::Result;

@@ -1013,3 +1013,17 @@ pub fn assert_build_matches(view: &BuildView, f: &BuildFigures, context: &str) {
         view.id
     );
 }
+
+/// Asserts that `freeagent verify` finds every stored figure equal to its
+/// recomputation (retention's removals are no difference).
+pub async fn assert_verified(database_url: &str, context: &str) {
+    let report = freeagent::storage::verify::verify(database_url, false)
+        .await
+        .unwrap_or_else(|e| panic!("verify could not run {context}: {e}"));
+    let lines: Vec<String> = report.differences.iter().map(|d| d.to_string()).collect();
+    assert!(
+        lines.is_empty(),
+        "verify found differences {context}:\n{}",
+        lines.join("\n")
+    );
+}

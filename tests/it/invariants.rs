@@ -928,6 +928,8 @@ impl Sim {
             r.today.3 as f64 / 1e6
         );
 
+        assert_verified(&self.app.database_url, &context).await;
+
         if let Some(last) = &self.last {
             assert!(
                 stats.total_builds >= last.total_builds,

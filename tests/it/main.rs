@@ -29,6 +29,8 @@
 //! - `agent`: the real binary as controller and as worker agent.
 //! - `layers`: the crate's imports point one way (reads `src/`).
 //! - `site`: pages and JSON compressed when asked, pages' caching.
+//! - `verify`: `freeagent verify [--repair]` and `freeagent backup` on a
+//!   served database, under load.
 //! - `multi`: three controller processes on one Postgres database (runs in
 //!   the Postgres pass).
 
@@ -52,3 +54,4 @@ mod invariants;
 mod layers;
 mod multi;
 mod site;
+mod verify;

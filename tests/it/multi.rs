@@ -334,6 +334,9 @@ impl Network {
                 assert_build_matches(&view, figures, &format!("{context}, build {}", build.id));
             }
         }
+        if let Some(controller) = self.controllers.first() {
+            assert_verified(&controller.database_url, context).await;
+        }
     }
 
     /// Who holds `duty` now: the holder's process id, and when its lease ends.

@@ -34,9 +34,11 @@ mod builds;
 mod figures;
 mod retention;
 mod telemetry;
+mod verify;
 mod workers;
 
 pub use retention::purge_database;
+pub use verify::{backup_database, verify_database};
 
 /// Most jobs grouped into one transaction.
 const MAX_JOBS_PER_COMMIT: usize = 512;
