@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// How often the landing page refreshes its counters.
     #[arg(long, env = "FREEAGENT_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// Bearer token that `GET /metrics` (Prometheus) requires. Without one,
+    /// `/metrics` answers 404.
+    #[arg(long, env = "FREEAGENT_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -85,6 +90,7 @@ impl ServeArgs {
             stats_ttl: duration(defaults::STATS_TTL),
             telemetry_rate: defaults::TELEMETRY_RATE,
             poll_interval: duration(defaults::POLL_INTERVAL),
+            metrics_token: None,
         }
     }
 }

@@ -26,6 +26,9 @@
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
 //! - `layers`: the crate's imports point one way (reads `src/`).
+//! - `metrics`: `GET /metrics`, its token, and its agreement with
+//!   `/api/stats`; `prometheus`: a real Prometheus scrapes it (Debian's
+//!   `prometheus` package, started by the test) and `promtool` lints it.
 //! - `site`: pages and JSON compressed when asked, pages' caching.
 //! - `multi`: three controller processes on one Postgres database (runs in
 //!   the Postgres pass).
@@ -47,5 +50,7 @@ mod concurrency;
 mod crash;
 mod invariants;
 mod layers;
+mod metrics;
 mod multi;
+mod prometheus;
 mod site;
