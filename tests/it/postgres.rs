@@ -88,7 +88,8 @@ fn bin_dir() -> Result<PathBuf, String> {
         })
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port on 127.0.0.1")
