@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::common::*;
 use crate::metrics::{metered_app, scrape, traffic, METRICS_TOKEN};
-use crate::postgres::free_port;
+use crate::postgres::{free_port, spawn_detached_shell};
 
 /// Longest the test waits for Prometheus to start or to show a value.
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(30);
@@ -158,22 +158,13 @@ impl Drop for Prometheus {
 /// A shell of its own session that stops Prometheus and removes its folder
 /// once the test process has gone without doing so itself (SIGKILL, abort).
 fn spawn_watchdog(prometheus: u32, dir: &std::path::Path) {
-    use std::os::unix::process::CommandExt;
     let script = format!(
         "while kill -0 {test} 2>/dev/null; do kill -0 {prometheus} 2>/dev/null || exit 0; \
          sleep 0.5; done; kill {prometheus} 2>/dev/null; rm -rf '{dir}'",
         test = std::process::id(),
         dir = dir.display(),
     );
-    Command::new("sh")
-        .args(["-c", &script])
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start the watchdog of the test's Prometheus");
+    spawn_detached_shell(&script).expect("start the watchdog of the test's Prometheus");
 }
 
 /// Prometheus, scraping every second while the controller carries traffic,
