@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// 60 s; hidden, for tests).
     #[arg(long, hide = true, default_value = defaults::IDLE_TIMEOUT, value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Bearer token that `GET /metrics` (Prometheus) requires. Without one,
+    /// `/metrics` answers 404.
+    #[arg(long, env = "FREEAGENT_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -113,6 +117,7 @@ impl ServeArgs {
             head_timeout: duration(defaults::HEAD_TIMEOUT),
             body_timeout: duration(defaults::BODY_TIMEOUT),
             idle_timeout: duration(defaults::IDLE_TIMEOUT),
+            metrics_token: None,
         }
     }
 }

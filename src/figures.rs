@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRef, Query, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::future::BoxFuture;
@@ -15,6 +18,7 @@ use crate::cache::TtlCache;
 use crate::clock::now_ms;
 use crate::error::Result;
 use crate::ledger::day_of;
+use crate::meters::Meters;
 use crate::stats::accounting::micros_to_seconds;
 use crate::stats::reader::{parse_days, FiguresReader};
 use crate::stats::{demo, DailyBuilds, NetworkStats, CHART_DAYS};
@@ -122,6 +126,20 @@ impl FiguresState {
         }
     }
 
+    /// Builds failed, ever: the sum of every day's failed builds (a row a
+    /// day, so the cost grows by one row a day, not with the builds). The
+    /// demo source has no such history: `None`.
+    pub async fn failed_total(&self) -> Result<Option<u64>> {
+        match stats_source() {
+            StatsSource::Demo => Ok(None),
+            StatsSource::Real => {
+                let today = day_of(now_ms());
+                let rows = self.inner.storage.daily(0, today).await?;
+                Ok(Some(rows.iter().map(|row| row.failed.max(0) as u64).sum()))
+            }
+        }
+    }
+
     async fn real_daily(&self, now: i64, days: u32) -> Result<Vec<DailyBuilds>> {
         let today = day_of(now);
         let first = today - i64::from(days) + 1;
@@ -184,15 +202,31 @@ pub fn day_label(day: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// REST routes of the figures.
+/// REST routes of the figures, and `GET /metrics`.
 pub fn router<S>() -> Router<S>
 where
     FiguresState: FromRef<S>,
+    Meters: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
         .route("/api/stats", get(stats_route))
         .route("/api/stats/daily", get(daily_route))
+        .route("/metrics", get(metrics_route))
+}
+
+/// `GET /metrics`: the figures `/api/stats` serves, and this controller's
+/// meters, for Prometheus.
+async fn metrics_route(
+    State(figures): State<FiguresState>,
+    State(meters): State<Meters>,
+    request: Parts,
+) -> Result<Response> {
+    meters.authorize(&request)?;
+    let stats = figures.current_stats().await?;
+    let failed = figures.failed_total().await?;
+    let body = meters.render(&stats, failed);
+    Ok(([(header::CONTENT_TYPE, crate::meters::CONTENT_TYPE)], body).into_response())
 }
 
 async fn stats_route(State(figures): State<FiguresState>) -> Result<Json<NetworkStats>> {

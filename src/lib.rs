@@ -38,7 +38,8 @@
 //!   from (`freeagent verify`), as pure code.
 //! - [`auth`] (bearer extractors and their state), [`body`] (JSON bodies),
 //!   [`error`] (one error type, mapped to HTTP once), [`cache`], [`clock`]
-//!   (time and durations), [`files`] (owner-only files),
+//!   (time and durations), [`files`] (owner-only files), [`meters`] (this
+//!   controller's counters and histograms, and the `/metrics` text),
 //!   [`wire`] (JSON shapes and limits, shared with the agent and browser),
 //!   [`format`] (figures for people, shared with the browser).
 
@@ -75,6 +76,8 @@ pub mod fleet;
 pub mod ingest;
 #[cfg(feature = "ssr")]
 pub mod ledger;
+#[cfg(feature = "ssr")]
+pub mod meters;
 #[cfg(feature = "ssr")]
 pub mod retention;
 #[cfg(feature = "ssr")]

@@ -28,6 +28,7 @@ use crate::error::AppError;
 use crate::figures::FiguresState;
 use crate::fleet::FleetState;
 use crate::ingest::IngestState;
+use crate::meters::Meters;
 use crate::retention::RetentionState;
 use crate::stats::reader::Figures;
 use crate::storage::{Duty, Storage};
@@ -50,6 +51,8 @@ pub struct AppState {
     pub figures: FiguresState,
     /// Retention's settings.
     pub retention: RetentionState,
+    /// This controller's meters and the metrics token (`GET /metrics`).
+    pub meters: Meters,
     /// Where cargo-leptos put the site, for the page and its assets.
     pub leptos_options: LeptosOptions,
 }
@@ -105,6 +108,8 @@ fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {
 pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let key = admin_key(args.admin_key.as_deref())?;
     let storage = Storage::open(&args.database_url).await?;
+    let meters = Meters::new(args.metrics_token.as_deref());
+    storage.attach_meters(meters.clone());
     let grace_ms = args.telemetry_grace.as_millis() as i64;
     Ok(AppState {
         auth: AuthState::new(
@@ -133,6 +138,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             telemetry_grace: args.telemetry_grace,
             lease_timeout: args.lease_timeout,
         },
+        meters,
         storage,
         leptos_options: leptos_options(args.listen),
     })
@@ -183,6 +189,10 @@ pub fn router(state: AppState) -> Router {
         )
         // Every other path: a file of the site, or the 404 page.
         .merge(crate::site::site_files(&state.leptos_options, not_found))
+        .layer(middleware::from_fn_with_state(
+            state.meters.clone(),
+            crate::meters::time_requests,
+        ))
         .layer(middleware::map_response(crate::site::html_cache_control))
         .layer(crate::site::compression())
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -208,6 +218,7 @@ where
     let background = [
         tokio::spawn(crate::fleet::reaper::run_reaper(state.fleet.clone())),
         tokio::spawn(crate::retention::run_retention(state.retention.clone())),
+        tokio::spawn(crate::meters::run_upkeep(state.meters.clone())),
     ];
     tracing::info!(
         addr = %args.listen,

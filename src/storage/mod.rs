@@ -54,6 +54,14 @@ pub struct NewBuild {
     pub token_hash: [u8; 32],
 }
 
+/// A build just claimed: what the worker is told, and when the build was
+/// submitted (its wait for a machine, for the metrics).
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub build: ClaimedBuild,
+    pub submitted_at: i64,
+}
+
 /// Picks the lifecycle event for a build from the build and its attempts
 /// as stored inside the change's transaction: `Ok(None)` changes nothing,
 /// `Err` refuses.
@@ -290,7 +298,7 @@ impl Storage {
 
     /// Hands the oldest pending build of the worker's platforms to it,
     /// atomically: two workers never get the same build.
-    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<ClaimedBuild>> {
+    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<Claim>> {
         match &self.backend {
             Backend::Sqlite(db) => db.claim(worker_id, now).await,
             Backend::Postgres(db) => db.claim(worker_id, now).await,
@@ -407,6 +415,15 @@ impl Storage {
         match &self.backend {
             Backend::Sqlite(_) => 1,
             Backend::Postgres(_) => postgres::CONCURRENT_TELEMETRY_STORES,
+        }
+    }
+
+    /// Reports each SQLite group commit to `meters` (Postgres has no
+    /// single writer: nothing to report).
+    pub fn attach_meters(&self, meters: crate::meters::Meters) {
+        match &self.backend {
+            Backend::Sqlite(db) => db.writer.attach_meters(meters),
+            Backend::Postgres(_) => {}
         }
     }
 

@@ -696,6 +696,16 @@ pub async fn read_only_pool(database_url: &str) -> AnyPool {
         .expect("open database read-only")
 }
 
+/// A response's `Content-Type`, empty when it has none.
+pub fn content_type(response: &Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Asserts the status and parses the JSON body.
 pub async fn expect_json<T: serde::de::DeserializeOwned>(
     response: Response,

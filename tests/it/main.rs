@@ -28,6 +28,9 @@
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
 //! - `layers`: the crate's imports point one way (reads `src/`).
+//! - `metrics`: `GET /metrics`, its token, and its agreement with
+//!   `/api/stats`; `prometheus`: a real Prometheus scrapes it (Debian's
+//!   `prometheus` package, started by the test) and `promtool` lints it.
 //! - `site`: pages and JSON compressed when asked, pages' caching.
 //! - `verify`: `freeagent verify [--repair]` and `freeagent backup` on a
 //!   served database, under load.
@@ -52,6 +55,8 @@ mod connections;
 mod crash;
 mod invariants;
 mod layers;
+mod metrics;
 mod multi;
+mod prometheus;
 mod site;
 mod verify;

@@ -8,7 +8,7 @@ use super::{announce_queue_change, Database, Ledger};
 use crate::builds::{transition, AttemptRow, BuildRow, BuildStatus, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
-use crate::storage::{refusal_error, ChangeDecision, NewBuild};
+use crate::storage::{refusal_error, ChangeDecision, Claim, NewBuild};
 use crate::wire::ClaimedBuild;
 
 pub(super) const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt,
@@ -163,7 +163,7 @@ impl Database {
     /// it. A build another controller is claiming right now is skipped, not
     /// waited for: this worker gets the next candidate, never a false "no
     /// build".
-    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<ClaimedBuild>> {
+    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<Claim>> {
         let shard = self.shard();
         self.transaction(move |conn| {
             async move {
@@ -183,11 +183,14 @@ impl Database {
                 let mut ledger = Ledger::default();
                 apply_transition(conn, &build, &change, now, &mut ledger).await?;
                 ledger.write(conn, shard).await?;
-                Ok(Some(ClaimedBuild {
-                    id: build.id,
-                    platform: build.platform,
-                    label: build.label,
-                    attempt: change.build.attempt,
+                Ok(Some(Claim {
+                    submitted_at: build.submitted_at,
+                    build: ClaimedBuild {
+                        id: build.id,
+                        platform: build.platform,
+                        label: build.label,
+                        attempt: change.build.attempt,
+                    },
                 }))
             }
             .boxed()
