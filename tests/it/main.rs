@@ -22,6 +22,8 @@
 //!   - `api_retention`: purge and the background retention pass.
 //! - `attempts`: a requeued or released build runs again as its next attempt.
 //! - `concurrency`: simultaneous polls and telemetry writers.
+//! - `queue_wait`: `queueWaitP50Ms`/`queueWaitP95Ms` against the raw rows,
+//!   requeues counted once, the 24-hour window.
 //! - `invariants`: seeded random sequences checked against a recomputation.
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
@@ -48,4 +50,5 @@ mod crash;
 mod invariants;
 mod layers;
 mod multi;
+mod queue_wait;
 mod site;
