@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::ledger::day_of;
 use crate::meters::Meters;
 use crate::stats::accounting::micros_to_seconds;
+use crate::stats::queue_wait;
 use crate::stats::reader::{parse_days, FiguresReader};
 use crate::stats::{demo, DailyBuilds, NetworkStats, CHART_DAYS};
 use crate::storage::Storage;
@@ -98,11 +99,12 @@ impl FiguresState {
 
     async fn real_stats(&self, now: i64) -> Result<NetworkStats> {
         let online_since = now - self.inner.online_window.as_millis() as i64;
-        let stored = self
-            .inner
-            .storage
-            .figures(day_of(now), online_since, now - FRESH_SAMPLE_MS)
-            .await?;
+        let storage = &self.inner.storage;
+        let (stored, waits) = futures::try_join!(
+            storage.figures(day_of(now), online_since, now - FRESH_SAMPLE_MS),
+            storage.queue_waits(queue_wait::first_slot(now)),
+        )?;
+        let (queue_wait_p50_ms, queue_wait_p95_ms) = queue_wait::percentiles(waits);
         Ok(NetworkStats {
             nodes_online: stored.workers_online.max(0) as u64,
             builds_queued: stored.pending.max(0) as u64,
@@ -112,6 +114,8 @@ impl FiguresState {
             total_build_time_ms: stored.build_time_ms,
             total_cpu_seconds: micros_to_seconds(stored.cpu_micros),
             cpu_cores_busy: stored.busy_percent / 100.0,
+            queue_wait_p50_ms,
+            queue_wait_p95_ms,
             generated_at: now,
             demo: false,
         })

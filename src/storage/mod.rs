@@ -364,6 +364,15 @@ impl Storage {
         }
     }
 
+    /// Builds first assigned from queue-wait slot `first_slot` on, as
+    /// (bucket, builds) per bucket (see [`crate::stats::queue_wait`]).
+    pub async fn queue_waits(&self, first_slot: i64) -> Result<Vec<(i64, i64)>> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.queue_waits(first_slot).await,
+            Backend::Postgres(db) => db.queue_waits(first_slot).await,
+        }
+    }
+
     /// The stored days `first..=last` that have figures, oldest first.
     pub async fn daily(&self, first: i64, last: i64) -> Result<Vec<DailyRow>> {
         match &self.backend {

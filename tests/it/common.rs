@@ -965,6 +965,48 @@ pub fn recompute(
     r
 }
 
+/// (build, first assignment - submittedAt) of every build whose first
+/// assignment is in the queue-wait window at `now` (the current UTC minute
+/// and the 1439 before it; `i64::MIN`: every build ever assigned), by id.
+pub async fn raw_first_waits(pool: &AnyPool, now: i64) -> Vec<(i64, i64)> {
+    use freeagent::stats::queue_wait::{first_slot, SLOT_MS};
+    let since = if now == i64::MIN {
+        i64::MIN
+    } else {
+        first_slot(now) * SLOT_MS
+    };
+    sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT b.id, a.assigned_at, b.submitted_at FROM attempts a
+         JOIN builds b ON b.id = a.build_id
+         WHERE a.attempt = 1 AND a.assigned_at >= $1 ORDER BY b.id",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .expect("first attempts")
+    .into_iter()
+    .map(|(id, assigned, submitted)| (id, assigned - submitted))
+    .collect()
+}
+
+/// Asserts that `queueWaitP50Ms` and `queueWaitP95Ms` are within 2% of the
+/// exact (nearest-rank) percentiles of `waits`, or null when it is empty.
+pub fn assert_queue_wait_matches(stats: &NetworkStats, waits: &[i64], context: &str) {
+    use freeagent::stats::queue_wait::exact_percentile;
+    let mut sorted = waits.to_vec();
+    for (shown, percent) in [(stats.queue_wait_p50_ms, 50), (stats.queue_wait_p95_ms, 95)] {
+        let exact = exact_percentile(&mut sorted, percent);
+        match (shown, exact) {
+            (None, None) => {}
+            (Some(shown), Some(exact)) => assert!(
+                (shown - exact).abs() as f64 <= 0.02 * exact as f64,
+                "queueWaitP{percent}Ms {context}: {shown} ms, exact {exact} ms of {waits:?}"
+            ),
+            _ => panic!("queueWaitP{percent}Ms {context}: {shown:?}, exact {exact:?} of {waits:?}"),
+        }
+    }
+}
+
 /// Seconds as integer microseconds, as the controller rounds them.
 pub fn micros(seconds: f64) -> i64 {
     (seconds * 1e6).round() as i64

@@ -24,6 +24,8 @@
 //! - `concurrency`: simultaneous polls and telemetry writers.
 //! - `connections`: slow, idle and half-open clients are disconnected in
 //!   time, the connection cap makes new ones wait, others are served.
+//! - `queue_wait`: `queueWaitP50Ms`/`queueWaitP95Ms` against the raw rows,
+//!   requeues counted once, the 24-hour window.
 //! - `invariants`: seeded random sequences checked against a recomputation.
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
@@ -58,5 +60,6 @@ mod layers;
 mod metrics;
 mod multi;
 mod prometheus;
+mod queue_wait;
 mod site;
 mod verify;

@@ -328,6 +328,12 @@ impl Network {
             }
             let stats = self.stats(i).await;
             assert_stats_match(&stats, &recomputed, &format!("{context}, controller {i}"));
+            let waits: Vec<i64> = raw_first_waits(&self.pool, stats.generated_at)
+                .await
+                .into_iter()
+                .map(|(_, wait)| wait)
+                .collect();
+            assert_queue_wait_matches(&stats, &waits, &format!("{context}, controller {i}"));
             for build in &builds {
                 let view = self.build(i, build.id).await;
                 let figures = &recomputed.builds[&build.id];

@@ -4,11 +4,12 @@
 use futures::FutureExt;
 use sqlx::SqliteConnection;
 
-use super::figures::apply_ledger;
+use super::figures::{apply_ledger, record_queue_wait};
 use super::Database;
 use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
+use crate::stats::queue_wait;
 use crate::storage::{refusal_error, ChangeDecision, Claim, NewBuild};
 use crate::wire::ClaimedBuild;
 
@@ -149,7 +150,8 @@ impl Database {
     }
 
     /// Hands the oldest pending build of one of the worker's platforms to
-    /// it. The single writer makes the claim atomic.
+    /// it, counting its queue wait when this is its first assignment. The
+    /// single writer makes the claim atomic.
     pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<Claim>> {
         self.writer
             .write(move |conn| {
@@ -168,7 +170,12 @@ impl Database {
                     let change = transition(&build, &Event::Claim { worker_id }, now)
                         .map_err(refusal_error)?;
                     apply_transition(conn, &build, &change, now).await?;
-                    Ok(Some(Claim {
+                    if let Some(wait) =
+                        queue_wait::first_wait(change.build.attempt, build.submitted_at, now)
+                    {
+                        record_queue_wait(conn, now, wait).await?;
+                    }
+                                        Ok(Some(Claim {
                         submitted_at: build.submitted_at,
                         build: ClaimedBuild {
                             id,
