@@ -66,6 +66,22 @@ pub struct ServeArgs {
     /// How often the landing page refreshes its counters.
     #[arg(long, env = "FREEAGENT_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log shippers.
+    #[arg(long, env = "FREEAGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the controller writes its log lines (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with
+    /// `message`), `target` and the request's span.
+    Json,
 }
 
 impl ServeArgs {
@@ -85,6 +101,7 @@ impl ServeArgs {
             stats_ttl: duration(defaults::STATS_TTL),
             telemetry_rate: defaults::TELEMETRY_RATE,
             poll_interval: duration(defaults::POLL_INTERVAL),
+            log_format: LogFormat::Text,
         }
     }
 }
