@@ -27,6 +27,8 @@
 //! - `agent`: the real binary as controller and as worker agent.
 //! - `layers`: the crate's imports point one way (reads `src/`).
 //! - `site`: pages and JSON compressed when asked, pages' caching.
+//! - `deploy`: the files of `deploy/`: systemd accepts the unit, the
+//!   environment file names every flag.
 //! - `multi`: three controller processes on one Postgres database (runs in
 //!   the Postgres pass).
 
@@ -45,6 +47,7 @@ mod api_workers;
 mod attempts;
 mod concurrency;
 mod crash;
+mod deploy;
 mod invariants;
 mod layers;
 mod multi;
