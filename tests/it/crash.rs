@@ -560,6 +560,7 @@ async fn help_lists_every_flag_with_its_environment_variable() {
         ("--stats-ttl", "FREEAGENT_STATS_TTL"),
         ("--telemetry-rate", "FREEAGENT_TELEMETRY_RATE"),
         ("--poll-interval", "FREEAGENT_POLL_INTERVAL"),
+        ("--log-format", "FREEAGENT_LOG_FORMAT"),
     ] {
         assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
         assert!(serve.contains(env), "serve --help lacks {env}:\n{serve}");
