@@ -3,7 +3,8 @@
 # is missing (safe to run again): the wasm32 target, cargo-leptos, the
 # wasm-bindgen CLI matching the crate's pinned wasm-bindgen, Chromium, wrk,
 # jq and curl from Debian (the last three for bench/), brotli from Debian
-# (scripts/compress-site.sh writes the site's .br files with it), Debian's postgresql
+# (scripts/compress-site.sh writes the site's .br files with it), Debian's
+# systemd (for systemd-analyze, which checks deploy/'s unit), Debian's postgresql
 # (for its initdb and pg_ctl: the tests start a throwaway cluster of their
 # own, never the system service), Debian's prometheus (for prometheus and
 # promtool: a test starts its own server scraping /metrics, never the system
@@ -55,6 +56,8 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v jq >/dev/null || missing+=(jq)
 command -v curl >/dev/null || missing+=(curl)
 command -v brotli >/dev/null || missing+=(brotli)
+# systemd-analyze: the tests verify deploy/freeagent.service with it.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v npm >/dev/null || missing+=(nodejs npm)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::agent::{AgentCommand, SimulateArgs};
-use crate::config::{BackupArgs, PurgeArgs, ServeArgs, VerifyArgs};
+use crate::config::{BackupArgs, LogFormat, PurgeArgs, ServeArgs, VerifyArgs};
 
 /// Free Agent: the controller of a volunteer build network, and its worker agent.
 #[derive(Parser, Debug)]
@@ -39,6 +39,48 @@ pub enum Command {
     Simulate(SimulateArgs),
 }
 
+impl Cli {
+    /// `--log-format` of `serve`; the other subcommands write text.
+    fn log_format(&self) -> LogFormat {
+        match &self.command {
+            None => self.serve.log_format,
+            Some(Command::Serve(args)) => args.log_format,
+            Some(_) => LogFormat::Text,
+        }
+    }
+}
+
+/// Leptos reads its options from the environment, and where
+/// `LEPTOS_OUTPUT_NAME` is missing (a binary that cargo-leptos did not
+/// build) it writes a paragraph to stderr that no log shipper can parse.
+/// The name is this crate's (`output-name` in Cargo.toml), so it is given.
+/// Called before any thread starts: changing the environment while another
+/// thread reads it is unsound.
+fn name_the_site_output() {
+    if option_env!("LEPTOS_OUTPUT_NAME").is_none()
+        && std::env::var_os("LEPTOS_OUTPUT_NAME").is_none()
+    {
+        std::env::set_var("LEPTOS_OUTPUT_NAME", "freeagent");
+    }
+}
+
+/// Logs to stderr at `RUST_LOG`'s levels (default `info`), as text (colored
+/// on a terminal) or as one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The span (request method and path) on each line, so a shipper
+        // can filter by route without parsing messages.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> anyhow::Result<ExitCode> {
     // Before anything allocates: pages faulted in before stay huge.
@@ -49,13 +91,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
         keep_memory_small();
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    if matches!(cli.command, None | Some(Command::Serve(_))) {
+        name_the_site_output();
+    }
+    init_logging(cli.log_format());
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run(cli))
 }

@@ -94,6 +94,21 @@ pub struct ServeArgs {
     /// `/metrics` answers 404.
     #[arg(long, env = "FREEAGENT_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log shippers.
+    #[arg(long, env = "FREEAGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the controller writes its log lines (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with
+    /// `message`), `target` and the request's span.
+    Json,
 }
 
 impl ServeArgs {
@@ -118,6 +133,7 @@ impl ServeArgs {
             body_timeout: duration(defaults::BODY_TIMEOUT),
             idle_timeout: duration(defaults::IDLE_TIMEOUT),
             metrics_token: None,
+            log_format: LogFormat::Text,
         }
     }
 }

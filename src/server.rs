@@ -22,7 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::shell;
-use crate::auth::{hash_secret, AuthState};
+use crate::auth::{check_secret_strength, hash_secret, AuthState};
 use crate::config::ServeArgs;
 use crate::error::AppError;
 use crate::figures::FiguresState;
@@ -72,16 +72,23 @@ pub enum ServeError {
     /// Listening, serving or the admin key file failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// An admin key (or metrics token) anyone could guess.
+    #[error(transparent)]
+    WeakSecret(#[from] crate::auth::WeakSecret),
 }
 
-/// The admin key given, or the one in `data/admin.key`, generated when missing.
+/// The admin key given, or the one in `data/admin.key`, generated when
+/// missing. A key too short to be safe stops the controller, wherever it
+/// came from.
 fn admin_key(given: Option<&str>) -> Result<String, ServeError> {
     if let Some(key) = given.filter(|k| !k.trim().is_empty()) {
+        check_secret_strength("the admin key (--admin-key or FREEAGENT_ADMIN_KEY)", key)?;
         return Ok(key.trim().to_string());
     }
     let path = Path::new(ADMIN_KEY_FILE);
     if let Ok(existing) = std::fs::read_to_string(path) {
         if !existing.trim().is_empty() {
+            check_secret_strength("the admin key in data/admin.key", &existing)?;
             tracing::info!(path = %path.display(), "admin key read from file");
             return Ok(existing.trim().to_string());
         }
@@ -107,6 +114,12 @@ fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {
 /// Opens the database and builds the state every handler shares.
 pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let key = admin_key(args.admin_key.as_deref())?;
+    if let Some(token) = args.metrics_token.as_deref() {
+        check_secret_strength(
+            "the metrics token (--metrics-token or FREEAGENT_METRICS_TOKEN)",
+            token,
+        )?;
+    }
     let storage = Storage::open(&args.database_url).await?;
     let meters = Meters::new(args.metrics_token.as_deref());
     storage.attach_meters(meters.clone());
@@ -175,7 +188,10 @@ pub fn router(state: AppState) -> Router {
     let page_figures = figures.clone();
     let options = state.leptos_options.clone();
     let not_found = leptos_axum::file_and_error_handler_with_context::<AppState, _>(
-        move || provide_context(page_figures.clone()),
+        move || {
+            provide_context(page_figures.clone());
+            crate::site::adopt_nonce();
+        },
         shell,
     )
     .with_state(state.clone());
@@ -184,7 +200,10 @@ pub fn router(state: AppState) -> Router {
         .leptos_routes_with_context(
             &state,
             crate::app::routes(),
-            move || provide_context(figures.clone()),
+            move || {
+                provide_context(figures.clone());
+                crate::site::adopt_nonce();
+            },
             move || shell(options.clone()),
         )
         // Every other path: a file of the site, or the 404 page.
@@ -201,6 +220,8 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )
+        // Outermost, so that every answer carries them, a timeout's included.
+        .layer(middleware::from_fn(crate::site::security_headers))
         .with_state(state)
 }
 

@@ -1,6 +1,7 @@
 // Shared test setup: every page records console errors and warnings (a
-// hydration mismatch shows up there or as a page error) and cumulative
-// layout shift from the first paint on.
+// hydration mismatch shows up there or as a page error), violations of the
+// pages' Content-Security-Policy (which every page must carry), and
+// cumulative layout shift from the first paint on.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test as base, expect, Page } from '@playwright/test';
@@ -21,8 +22,23 @@ export const test = base.extend<{ problems: string[] }>({
         }
       });
       page.on('pageerror', (error) => problems.push(`pageerror: ${error.message}`));
+      // The browser tests run with the CSP on: every page the browser
+      // navigates to must carry it, and nothing on it may break it.
+      page.on('response', (response) => {
+        const request = response.request();
+        if (request.isNavigationRequest() && request.frame() === page.mainFrame()) {
+          const policy = response.headers()['content-security-policy'] ?? '';
+          if (!/default-src 'self'/.test(policy)) {
+            problems.push(`no Content-Security-Policy on ${response.url()}: ${JSON.stringify(policy)}`);
+          }
+        }
+      });
+      await page.exposeFunction('__cspViolation', (violation: string) => problems.push(`csp: ${violation}`));
       await page.addInitScript(() => {
         const w = window as any;
+        document.addEventListener('securitypolicyviolation', (e) => {
+          w.__cspViolation(`${e.violatedDirective} blocked ${e.blockedURI || 'inline'} at ${e.sourceFile}:${e.lineNumber}`);
+        });
         w.__cls = 0;
         w.__shifts = [];
         new PerformanceObserver((list) => {
@@ -42,7 +58,7 @@ export const test = base.extend<{ problems: string[] }>({
           !(allowNetwork && /ERR_CONNECTION_REFUSED|Failed to load resource|Failed to fetch/i.test(p)) &&
           !(allowRefusals && /Failed to load resource: the server responded with a status of 40[134]/.test(p)),
       );
-      expect(real, 'console errors, warnings and page errors').toEqual([]);
+      expect(real, 'console errors, warnings, page errors and CSP violations').toEqual([]);
     },
     { auto: true },
   ],

@@ -128,6 +128,20 @@ test('with no claim in 24 h the queue wait says so, then updates live without mo
   }
 });
 
+test('the page hydrates under its CSP, which refuses a script without its nonce', async ({ page, problems }) => {
+  await openLive(page, ctl.url);
+  // Hydrated: the live loop polled (openLive) and the page says so.
+  await expect(page.locator('#connection')).toHaveAttribute('data-state', 'live');
+  // What an injected script would meet: the browser refuses to run it and
+  // reports the violation, which the shared fixture collects.
+  await page.addScriptTag({ content: 'window.__injected = true;' }).catch(() => undefined);
+  expect(await page.evaluate(() => (window as any).__injected)).toBeUndefined();
+  await expect.poll(() => problems.filter((p) => p.startsWith('csp: script-src')).length).toBeGreaterThan(0);
+  // This violation was the point of the test; nothing else may remain.
+  const expected = (p: string) => p.startsWith('csp: script-src') || /Content Security Policy/.test(p);
+  problems.splice(0, problems.length, ...problems.filter((p) => !expected(p)));
+});
+
 test('pause stops the updates and resume restarts them', async ({ page }) => {
   await openLive(page, ctl.url);
   const total = page.locator('#total-builds');

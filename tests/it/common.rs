@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Admin key every `TestApp` runs with.
-pub const ADMIN_KEY: &str = "test-admin-key";
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 /// Longest any single request of a test may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const MS_PER_DAY: i64 = 86_400_000;

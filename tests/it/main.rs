@@ -36,6 +36,8 @@
 //! - `site`: pages and JSON compressed when asked, pages' caching.
 //! - `verify`: `freeagent verify [--repair]` and `freeagent backup` on a
 //!   served database, under load.
+//! - `deploy`: the files of `deploy/`: systemd accepts the unit, the
+//!   environment file names every flag.
 //! - `multi`: three controller processes on one Postgres database (runs in
 //!   the Postgres pass).
 
@@ -55,6 +57,7 @@ mod attempts;
 mod concurrency;
 mod connections;
 mod crash;
+mod deploy;
 mod invariants;
 mod layers;
 mod metrics;
