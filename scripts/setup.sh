@@ -3,9 +3,12 @@
 # is missing (safe to run again): the wasm32 target, cargo-leptos, the
 # wasm-bindgen CLI matching the crate's pinned wasm-bindgen, Chromium, wrk,
 # jq and curl from Debian (the last three for bench/), brotli from Debian
-# (scripts/compress-site.sh writes the site's .br files with it), Debian's postgresql
+# (scripts/compress-site.sh writes the site's .br files with it), Debian's
+# systemd (for systemd-analyze, which checks deploy/'s unit), Debian's postgresql
 # (for its initdb and pg_ctl: the tests start a throwaway cluster of their
-# own, never the system service), and the npm packages of end2end/
+# own, never the system service), Debian's prometheus (for prometheus and
+# promtool: a test starts its own server scraping /metrics, never the system
+# service, which is kept from starting), and the npm packages of end2end/
 # (Playwright without a browser download; binaryen's wasm-opt, because
 # Debian's breaks hydration; axe-core, the accessibility audit).
 # Needs only the Rust toolchain, cargo, npm and apt. Nothing comes from GitHub.
@@ -21,12 +24,30 @@ INSTALL_TOOLCHAIN=1.96.0
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
 apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
   log "apt-get install $*"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+# Installs packages whose postinst would start a system service (Debian's
+# prometheus does, through its init script where systemd is absent): a
+# policy-rc.d answering 101 denies every start while they install, as in
+# Docker images. One already in place is left as it is.
+apt_install_without_services() {
+  local policy=/usr/sbin/policy-rc.d status=0
+  if [ -e "$policy" ]; then
+    apt_install "$@"
+    return
+  fi
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod 755 "$policy"
+  apt_install "$@" || status=$?
+  $SUDO rm -f "$policy"
+  return "$status"
 }
 
 missing=()
@@ -35,9 +56,13 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v jq >/dev/null || missing+=(jq)
 command -v curl >/dev/null || missing+=(curl)
 command -v brotli >/dev/null || missing+=(brotli)
+# systemd-analyze: the tests verify deploy/freeagent.service with it.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v npm >/dev/null || missing+=(nodejs npm)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+# The tests' own Prometheus; its node-exporter recommendation is not needed.
+command -v prometheus >/dev/null || apt_install_without_services --no-install-recommends prometheus
 
 rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
   || { log "adding the wasm32 target"; rustup target add wasm32-unknown-unknown; }

@@ -257,6 +257,35 @@ pub fn new_secret() -> String {
     hex::encode(bytes)
 }
 
+/// Fewest characters an operator's secret (admin key, metrics token) may
+/// have: 24 characters of base64 are 144 bits, beyond any guessing over the
+/// network, while `abc` or `changeme` fall to the first dictionary tried.
+pub const MIN_SECRET_CHARS: usize = 24;
+
+/// An operator's secret too short to keep the controller safe.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} is {chars} characters long; at least {MIN_SECRET_CHARS} are required. \
+     Generate one with `openssl rand -base64 32` or `head -c 32 /dev/urandom | base64`"
+)]
+pub struct WeakSecret {
+    /// Which secret, as the operator sets it (`--admin-key` / `FREEAGENT_ADMIN_KEY`).
+    pub name: &'static str,
+    /// How many characters it has (never the secret itself).
+    pub chars: usize,
+}
+
+/// Refuses a secret `name` shorter than [`MIN_SECRET_CHARS`] characters
+/// (surrounding whitespace not counted); the error says how to generate a
+/// good one and never holds the secret.
+pub fn check_secret_strength(name: &'static str, secret: &str) -> Result<(), WeakSecret> {
+    let chars = secret.trim().chars().count();
+    if chars < MIN_SECRET_CHARS {
+        return Err(WeakSecret { name, chars });
+    }
+    Ok(())
+}
+
 /// Hash of the bearer secret in the `Authorization` header, if any.
 pub fn bearer_hash(parts: &Parts) -> Option<[u8; 32]> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -378,5 +407,29 @@ mod tests {
         assert_eq!(auth.flush_seen().await.expect("flush"), 0, "evicted");
         assert_eq!(auth.identify_worker(hash).await.expect("looked up").id, id);
         assert_eq!(seen.pending(), 1);
+    }
+
+    /// 24 characters pass, 23 and blank padding do not, and the error
+    /// names the secret, says how to make one and never shows it.
+    #[test]
+    fn short_secrets_are_refused_with_how_to_generate_one() {
+        assert!(check_secret_strength("the admin key", &"k".repeat(24)).is_ok());
+        assert!(check_secret_strength("the admin key", &new_secret()).is_ok());
+        for short in [
+            "",
+            "abc",
+            &"k".repeat(23),
+            &format!("  {}  ", "k".repeat(23)),
+        ] {
+            let error = check_secret_strength("the admin key", short).expect_err(short);
+            let text = error.to_string();
+            assert!(text.starts_with("the admin key is "), "{text}");
+            assert!(text.contains("openssl rand -base64 32"), "{text}");
+        }
+        let text = check_secret_strength("x", "hunter2")
+            .unwrap_err()
+            .to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains(" 7 characters"), "{text}");
     }
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::agent::{AgentCommand, SimulateArgs};
-use crate::config::{PurgeArgs, ServeArgs};
+use crate::config::{BackupArgs, LogFormat, PurgeArgs, ServeArgs, VerifyArgs};
 
 /// Free Agent: the controller of a volunteer build network, and its worker agent.
 #[derive(Parser, Debug)]
@@ -28,10 +28,57 @@ pub enum Command {
     Serve(ServeArgs),
     /// Delete raw samples and events older than the retention period, once.
     Purge(PurgeArgs),
+    /// Recompute every stored figure and print each difference (exit 1 when
+    /// any; 2 when the check could not run); `--repair` rewrites them.
+    Verify(VerifyArgs),
+    /// Copy a SQLite database, consistently, while it serves, into a new file.
+    Backup(BackupArgs),
     /// Run the worker agent, or register this machine (`agent register`).
     Agent(Box<AgentCommand>),
     /// Drive a controller with a fleet of simulated workers.
     Simulate(SimulateArgs),
+}
+
+impl Cli {
+    /// `--log-format` of `serve`; the other subcommands write text.
+    fn log_format(&self) -> LogFormat {
+        match &self.command {
+            None => self.serve.log_format,
+            Some(Command::Serve(args)) => args.log_format,
+            Some(_) => LogFormat::Text,
+        }
+    }
+}
+
+/// Leptos reads its options from the environment, and where
+/// `LEPTOS_OUTPUT_NAME` is missing (a binary that cargo-leptos did not
+/// build) it writes a paragraph to stderr that no log shipper can parse.
+/// The name is this crate's (`output-name` in Cargo.toml), so it is given.
+/// Called before any thread starts: changing the environment while another
+/// thread reads it is unsound.
+fn name_the_site_output() {
+    if option_env!("LEPTOS_OUTPUT_NAME").is_none()
+        && std::env::var_os("LEPTOS_OUTPUT_NAME").is_none()
+    {
+        std::env::set_var("LEPTOS_OUTPUT_NAME", "freeagent");
+    }
+}
+
+/// Logs to stderr at `RUST_LOG`'s levels (default `info`), as text (colored
+/// on a terminal) or as one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The span (request method and path) on each line, so a shipper
+        // can filter by route without parsing messages.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 /// Parses the command line and runs it.
@@ -44,13 +91,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
         keep_memory_small();
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    if matches!(cli.command, None | Some(Command::Serve(_))) {
+        name_the_site_output();
+    }
+    init_logging(cli.log_format());
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run(cli))
 }
@@ -97,8 +141,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("removed {rows} rows");
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Verify(args)) => Ok(verify(args).await),
+        Some(Command::Backup(args)) => {
+            crate::storage::verify::backup(&args.database_url, &args.file)
+                .await
+                .with_context(|| format!("backing up into {}", args.file.display()))?;
+            println!("copied into {}", args.file.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Agent(command)) => Ok(crate::agent::run(*command).await?),
         Some(Command::Simulate(args)) => Ok(crate::agent::simulate(args).await?),
+    }
+}
+
+/// `freeagent verify`: one line per difference on stdout, a summary on
+/// stderr. Exit 0: none (or all repaired); 1: differences; 2: the check
+/// could not run, as `diff` does.
+async fn verify(args: VerifyArgs) -> ExitCode {
+    let report = match crate::storage::verify::verify(&args.database_url, args.repair).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!(
+                "error: verifying {}: {error}",
+                crate::storage::redacted_url(&args.database_url)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    for difference in &report.differences {
+        println!("{difference}");
+    }
+    let found = report.differences.len();
+    eprintln!(
+        "checked {} builds ({} with raw samples removed by retention): {found} differences{}",
+        report.builds,
+        report.builds_purged,
+        if report.repaired { ", repaired" } else { "" }
+    );
+    if found == 0 || report.repaired {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::Args;
 
 pub use crate::clock::parse_duration;
@@ -21,6 +22,10 @@ mod defaults {
     pub const STATS_TTL: &str = "1s";
     pub const TELEMETRY_RATE: u32 = 10;
     pub const POLL_INTERVAL: &str = "5s";
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const HEAD_TIMEOUT: &str = "10s";
+    pub const BODY_TIMEOUT: &str = "30s";
+    pub const IDLE_TIMEOUT: &str = "60s";
 }
 
 /// Flags of `freeagent serve`.
@@ -66,6 +71,44 @@ pub struct ServeArgs {
     /// How often the landing page refreshes its counters.
     #[arg(long, env = "FREEAGENT_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = parse_duration)]
     pub poll_interval: Duration,
+
+    /// Open client connections at most; past it new ones wait until one closes.
+    #[arg(long, env = "FREEAGENT_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    pub max_connections: usize,
+
+    /// Longest a client may take to send a whole request head (SPEC
+    /// "Connections": 10 s; hidden, for tests).
+    #[arg(long, hide = true, default_value = defaults::HEAD_TIMEOUT, value_parser = parse_duration)]
+    pub head_timeout: Duration,
+
+    /// Longest a client may take to send a request's body once its head
+    /// arrived (SPEC: 30 s; hidden, for tests).
+    #[arg(long, hide = true, default_value = defaults::BODY_TIMEOUT, value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Longest a keep-alive connection may sit idle between requests (SPEC:
+    /// 60 s; hidden, for tests).
+    #[arg(long, hide = true, default_value = defaults::IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Bearer token that `GET /metrics` (Prometheus) requires. Without one,
+    /// `/metrics` answers 404.
+    #[arg(long, env = "FREEAGENT_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log shippers.
+    #[arg(long, env = "FREEAGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the controller writes its log lines (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with
+    /// `message`), `target` and the request's span.
+    Json,
 }
 
 impl ServeArgs {
@@ -85,6 +128,12 @@ impl ServeArgs {
             stats_ttl: duration(defaults::STATS_TTL),
             telemetry_rate: defaults::TELEMETRY_RATE,
             poll_interval: duration(defaults::POLL_INTERVAL),
+            max_connections: defaults::MAX_CONNECTIONS,
+            head_timeout: duration(defaults::HEAD_TIMEOUT),
+            body_timeout: duration(defaults::BODY_TIMEOUT),
+            idle_timeout: duration(defaults::IDLE_TIMEOUT),
+            metrics_token: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -100,6 +149,30 @@ pub struct PurgeArgs {
     /// (0 removes all of them).
     #[arg(long, env = "FREEAGENT_RETENTION_DAYS", default_value_t = defaults::RETENTION_DAYS)]
     pub retention_days: u32,
+}
+
+/// Flags of `freeagent verify`.
+#[derive(Args, Clone, Debug)]
+pub struct VerifyArgs {
+    /// Database URL (an existing SQLite file, or Postgres); never created.
+    #[arg(long, env = "FREEAGENT_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Rewrite every differing figure from its recomputation, in one
+    /// transaction, then exit 0.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+/// Flags of `freeagent backup`.
+#[derive(Args, Clone, Debug)]
+pub struct BackupArgs {
+    /// The copy to write: a new file (an existing one is refused).
+    pub file: std::path::PathBuf,
+
+    /// Database URL of the SQLite database to copy.
+    #[arg(long, env = "FREEAGENT_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
 }
 
 #[cfg(test)]
@@ -122,5 +195,10 @@ mod tests {
         let built = ServeArgs::new(DEFAULT_DATABASE_URL, "k");
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
         assert_eq!(built.online_window, std::time::Duration::from_secs(120));
+        // SPEC "Connections".
+        assert_eq!(built.max_connections, 10_000);
+        assert_eq!(built.head_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(built.body_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(built.idle_timeout, std::time::Duration::from_secs(60));
     }
 }

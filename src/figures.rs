@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRef, Query, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::future::BoxFuture;
@@ -16,7 +19,9 @@ use crate::cache::TtlCache;
 use crate::clock::now_ms;
 use crate::error::Result;
 use crate::ledger::day_of;
+use crate::meters::Meters;
 use crate::stats::accounting::micros_to_seconds;
+use crate::stats::queue_wait;
 use crate::stats::reader::{parse_days, FiguresReader};
 use crate::stats::{demo, DailyBuilds, NetworkStats, CHART_DAYS};
 use crate::storage::Storage;
@@ -101,11 +106,12 @@ impl FiguresState {
     async fn real_stats(&self, now: i64) -> Result<NetworkStats> {
         let online_since = now - self.inner.online_window.as_millis() as i64;
         self.inner.seen.flush().await?;
-        let stored = self
-            .inner
-            .storage
-            .figures(day_of(now), online_since, now - FRESH_SAMPLE_MS)
-            .await?;
+        let storage = &self.inner.storage;
+        let (stored, waits) = futures::try_join!(
+            storage.figures(day_of(now), online_since, now - FRESH_SAMPLE_MS),
+            storage.queue_waits(queue_wait::first_slot(now)),
+        )?;
+        let (queue_wait_p50_ms, queue_wait_p95_ms) = queue_wait::percentiles(waits);
         Ok(NetworkStats {
             nodes_online: stored.workers_online.max(0) as u64,
             builds_queued: stored.pending.max(0) as u64,
@@ -115,6 +121,8 @@ impl FiguresState {
             total_build_time_ms: stored.build_time_ms,
             total_cpu_seconds: micros_to_seconds(stored.cpu_micros),
             cpu_cores_busy: stored.busy_percent / 100.0,
+            queue_wait_p50_ms,
+            queue_wait_p95_ms,
             generated_at: now,
             demo: false,
         })
@@ -126,6 +134,20 @@ impl FiguresState {
         match stats_source() {
             StatsSource::Demo => Ok(demo::daily_builds(now, days)),
             StatsSource::Real => self.real_daily(now, days).await,
+        }
+    }
+
+    /// Builds failed, ever: the sum of every day's failed builds (a row a
+    /// day, so the cost grows by one row a day, not with the builds). The
+    /// demo source has no such history: `None`.
+    pub async fn failed_total(&self) -> Result<Option<u64>> {
+        match stats_source() {
+            StatsSource::Demo => Ok(None),
+            StatsSource::Real => {
+                let today = day_of(now_ms());
+                let rows = self.inner.storage.daily(0, today).await?;
+                Ok(Some(rows.iter().map(|row| row.failed.max(0) as u64).sum()))
+            }
         }
     }
 
@@ -191,15 +213,31 @@ pub fn day_label(day: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// REST routes of the figures.
+/// REST routes of the figures, and `GET /metrics`.
 pub fn router<S>() -> Router<S>
 where
     FiguresState: FromRef<S>,
+    Meters: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
         .route("/api/stats", get(stats_route))
         .route("/api/stats/daily", get(daily_route))
+        .route("/metrics", get(metrics_route))
+}
+
+/// `GET /metrics`: the figures `/api/stats` serves, and this controller's
+/// meters, for Prometheus.
+async fn metrics_route(
+    State(figures): State<FiguresState>,
+    State(meters): State<Meters>,
+    request: Parts,
+) -> Result<Response> {
+    meters.authorize(&request)?;
+    let stats = figures.current_stats().await?;
+    let failed = figures.failed_total().await?;
+    let body = meters.render(&stats, failed);
+    Ok(([(header::CONTENT_TYPE, crate::meters::CONTENT_TYPE)], body).into_response())
 }
 
 async fn stats_route(State(figures): State<FiguresState>) -> Result<Json<NetworkStats>> {

@@ -103,6 +103,20 @@ pub fn duration_ms(ms: i64) -> String {
     "0s".to_string()
 }
 
+/// A wait, short: `350ms` under a second, `4.2s` under ten seconds
+/// (truncated to the tenth, as [`duration_ms`] truncates), then as
+/// [`duration_ms`]: `42s`, `1m 5s`. Negative waits are `0ms`.
+pub fn wait_ms(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < SECOND_MS as i64 {
+        format!("{ms}ms")
+    } else if ms < 10 * SECOND_MS as i64 {
+        format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
+    } else {
+        duration_ms(ms)
+    }
+}
+
 /// A window of time in words, in its largest whole unit: `2 minutes`,
 /// `1 hour`, `90 seconds`.
 pub fn window_words(ms: u64) -> String {
@@ -259,6 +273,20 @@ mod tests {
         assert_eq!(duration_ms(999), "0s");
         assert_eq!(duration_ms(-5_000), "0s");
         assert_eq!(duration_ms(i64::MIN), "0s");
+    }
+
+    /// Waits read in ms below a second, tenths below ten seconds, then
+    /// like any duration; never a rounding up across a unit.
+    #[test]
+    fn waits() {
+        assert_eq!(wait_ms(-3), "0ms");
+        assert_eq!(wait_ms(0), "0ms");
+        assert_eq!(wait_ms(999), "999ms");
+        assert_eq!(wait_ms(1_000), "1.0s");
+        assert_eq!(wait_ms(4_268), "4.2s");
+        assert_eq!(wait_ms(9_999), "9.9s");
+        assert_eq!(wait_ms(10_000), "10s");
+        assert_eq!(wait_ms(65_000), "1m 5s");
     }
 
     /// Under a minute shows seconds only.

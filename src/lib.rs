@@ -9,7 +9,8 @@
 //!
 //! **Shell** (assembles everything; server only):
 //! - [`server`]: the composition root `AppState` (each domain's own state,
-//!   `FromRef`), the router, background tasks, serving.
+//!   `FromRef`), the router, background tasks, serving (its
+//!   `connections`: head, body and idle timeouts, the connection cap).
 //! - [`site`]: the site's files served precompressed, caching headers,
 //!   compression of pages and JSON.
 //! - [`cli`]: subcommands; [`config`]: flags.
@@ -33,9 +34,12 @@
 //! - [`telemetry`]: what a telemetry body means, and each sample's checks.
 //! - [`stats`]: the `NetworkStats` type, server functions, CPU-seconds
 //!   accounting, demo generator (shared with the browser).
+//! - [`verify`]: every stored figure recomputed from the rows it derives
+//!   from (`freeagent verify`), as pure code.
 //! - [`auth`] (bearer extractors and their state), [`body`] (JSON bodies),
 //!   [`error`] (one error type, mapped to HTTP once), [`cache`], [`clock`]
-//!   (time and durations), [`files`] (owner-only files),
+//!   (time and durations), [`files`] (owner-only files), [`meters`] (this
+//!   controller's counters and histograms, and the `/metrics` text),
 //!   [`wire`] (JSON shapes and limits, shared with the agent and browser),
 //!   [`format`] (figures for people, shared with the browser).
 
@@ -73,6 +77,8 @@ pub mod ingest;
 #[cfg(feature = "ssr")]
 pub mod ledger;
 #[cfg(feature = "ssr")]
+pub mod meters;
+#[cfg(feature = "ssr")]
 pub mod retention;
 #[cfg(feature = "ssr")]
 pub mod server;
@@ -82,6 +88,8 @@ pub mod site;
 pub mod storage;
 #[cfg(feature = "ssr")]
 pub mod telemetry;
+#[cfg(feature = "ssr")]
+pub mod verify;
 
 /// Browser entry point: hydrates the server-rendered page.
 #[cfg(feature = "hydrate")]

@@ -1,6 +1,6 @@
 //! Assembles the controller: the router (REST API, server functions, the
 //! landing page and its files), the background tasks, and serving with
-//! graceful shutdown. [`serve`] takes its listener and its shutdown signal
+//! graceful shutdown (connections and their limits: `connections`). [`serve`] takes its listener and its shutdown signal
 //! from the caller, so tests run the real thing on `127.0.0.1:0`.
 
 use std::future::Future;
@@ -13,7 +13,6 @@ use axum::handler::Handler;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{middleware, Json, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -23,15 +22,18 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::shell;
-use crate::auth::{hash_secret, AuthState, SeenTimes};
+use crate::auth::{check_secret_strength, hash_secret, AuthState, SeenTimes};
 use crate::config::ServeArgs;
 use crate::error::AppError;
 use crate::figures::FiguresState;
 use crate::fleet::FleetState;
 use crate::ingest::IngestState;
+use crate::meters::Meters;
 use crate::retention::RetentionState;
 use crate::stats::reader::Figures;
 use crate::storage::{Duty, Storage};
+
+mod connections;
 
 /// The composition root: every domain's own state, assembled once. Each
 /// handler and extractor takes only the part it needs (`FromRef`).
@@ -49,6 +51,8 @@ pub struct AppState {
     pub figures: FiguresState,
     /// Retention's settings.
     pub retention: RetentionState,
+    /// This controller's meters and the metrics token (`GET /metrics`).
+    pub meters: Meters,
     /// Where cargo-leptos put the site, for the page and its assets.
     pub leptos_options: LeptosOptions,
 }
@@ -68,16 +72,23 @@ pub enum ServeError {
     /// Listening, serving or the admin key file failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// An admin key (or metrics token) anyone could guess.
+    #[error(transparent)]
+    WeakSecret(#[from] crate::auth::WeakSecret),
 }
 
-/// The admin key given, or the one in `data/admin.key`, generated when missing.
+/// The admin key given, or the one in `data/admin.key`, generated when
+/// missing. A key too short to be safe stops the controller, wherever it
+/// came from.
 fn admin_key(given: Option<&str>) -> Result<String, ServeError> {
     if let Some(key) = given.filter(|k| !k.trim().is_empty()) {
+        check_secret_strength("the admin key (--admin-key or FREEAGENT_ADMIN_KEY)", key)?;
         return Ok(key.trim().to_string());
     }
     let path = Path::new(ADMIN_KEY_FILE);
     if let Ok(existing) = std::fs::read_to_string(path) {
         if !existing.trim().is_empty() {
+            check_secret_strength("the admin key in data/admin.key", &existing)?;
             tracing::info!(path = %path.display(), "admin key read from file");
             return Ok(existing.trim().to_string());
         }
@@ -103,7 +114,15 @@ fn leptos_options(listen: std::net::SocketAddr) -> LeptosOptions {
 /// Opens the database and builds the state every handler shares.
 pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let key = admin_key(args.admin_key.as_deref())?;
+    if let Some(token) = args.metrics_token.as_deref() {
+        check_secret_strength(
+            "the metrics token (--metrics-token or FREEAGENT_METRICS_TOKEN)",
+            token,
+        )?;
+    }
     let storage = Storage::open(&args.database_url).await?;
+    let meters = Meters::new(args.metrics_token.as_deref());
+    storage.attach_meters(meters.clone());
     let grace_ms = args.telemetry_grace.as_millis() as i64;
     let seen = SeenTimes::new(storage.clone(), args.online_window, args.lease_timeout);
     Ok(AppState {
@@ -135,6 +154,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             telemetry_grace: args.telemetry_grace,
             lease_timeout: args.lease_timeout,
         },
+        meters,
         storage,
         leptos_options: leptos_options(args.listen),
     })
@@ -171,7 +191,10 @@ pub fn router(state: AppState) -> Router {
     let page_figures = figures.clone();
     let options = state.leptos_options.clone();
     let not_found = leptos_axum::file_and_error_handler_with_context::<AppState, _>(
-        move || provide_context(page_figures.clone()),
+        move || {
+            provide_context(page_figures.clone());
+            crate::site::adopt_nonce();
+        },
         shell,
     )
     .with_state(state.clone());
@@ -180,11 +203,18 @@ pub fn router(state: AppState) -> Router {
         .leptos_routes_with_context(
             &state,
             crate::app::routes(),
-            move || provide_context(figures.clone()),
+            move || {
+                provide_context(figures.clone());
+                crate::site::adopt_nonce();
+            },
             move || shell(options.clone()),
         )
         // Every other path: a file of the site, or the 404 page.
         .merge(crate::site::site_files(&state.leptos_options, not_found))
+        .layer(middleware::from_fn_with_state(
+            state.meters.clone(),
+            crate::meters::time_requests,
+        ))
         .layer(middleware::map_response(crate::site::html_cache_control))
         .layer(crate::site::compression())
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -193,6 +223,8 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )
+        // Outermost, so that every answer carries them, a timeout's included.
+        .layer(middleware::from_fn(crate::site::security_headers))
         .with_state(state)
 }
 
@@ -211,6 +243,7 @@ where
         tokio::spawn(crate::fleet::reaper::run_reaper(state.fleet.clone())),
         tokio::spawn(crate::retention::run_retention(state.retention.clone())),
         tokio::spawn(crate::auth::run_seen_flusher(state.auth.clone())),
+        tokio::spawn(crate::meters::run_upkeep(state.meters.clone())),
     ];
     let auth = state.auth.clone();
     tracing::info!(
@@ -220,23 +253,20 @@ where
         "controller listening"
     );
     let stopping = state.fleet.stopping.clone();
-    // Without TCP_NODELAY, a response whose headers and body leave in two
-    // writes waits for the client's delayed ACK (about 40 ms on Linux)
-    // before the body goes out: Nagle's algorithm holds the second small
-    // write until the first is acknowledged.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::warn!(%error, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Held long polls answer 204 now instead of holding the
-            // shutdown for up to a minute.
-            let _ = stopping.send(true);
-        })
-        .await;
+    let limits = connections::Limits {
+        head: args.head_timeout,
+        body: args.body_timeout,
+        idle: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    connections::raise_open_files_limit(args.max_connections);
+    connections::serve_connections(listener, router(state), limits, async move {
+        shutdown.await;
+        // Held long polls answer 204 now instead of holding the
+        // shutdown for up to a minute.
+        let _ = stopping.send(true);
+    })
+    .await;
     for task in background {
         task.abort();
     }
@@ -252,5 +282,5 @@ where
         }
     }
     tracing::info!("controller stopped");
-    Ok(result?)
+    Ok(())
 }

@@ -8,13 +8,18 @@
 //! - Pages (HTML) are cached for [`HTML_MAX_AGE_S`] seconds.
 //! - Files are compressed once, at build time (`scripts/compress-site.sh`
 //!   writes `.br` and `.gz` next to each); pages and JSON on the fly (gzip).
+//! - Every response carries the security headers ([`security_headers`]):
+//!   a Content-Security-Policy that lets only this site's own files and the
+//!   page's own inline scripts (by a per-response nonce) run, `nosniff` and
+//!   no referrer.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::map_response_with_state;
+use axum::middleware::{map_response_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use leptos::config::LeptosOptions;
@@ -167,4 +172,75 @@ where
     Router::new()
         .nest_service(&format!("/{}", options.site_pkg_dir), pkg)
         .merge(files(root, ASSET, not_found))
+}
+
+/// The nonce of one response's inline scripts, put into the request's
+/// extensions by [`security_headers`] and adopted by the page renderer
+/// ([`adopt_nonce`]), so the page's scripts and the policy that allows them
+/// carry the same value.
+#[derive(Clone, Debug)]
+pub struct ScriptNonce(Arc<str>);
+
+/// The Content-Security-Policy of a response whose inline scripts carry
+/// `nonce`:
+/// - `default-src 'self'`: styles, images, fetches and the WASM come from
+///   this site only (the page has no inline style and no `data:` image);
+/// - `script-src`: this site's JS, the inline scripts Leptos writes (the
+///   hydration loader and the resources' data) by nonce, and
+///   `'wasm-unsafe-eval'`, which compiling the WASM needs and which allows
+///   no `eval` of JavaScript;
+/// - no plugins, no `<base>` rewriting, forms post only here, and no other
+///   site may frame the pages (clickjacking).
+pub fn content_security_policy(nonce: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
+         object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// A fresh nonce: 128 random bits, hex (CSP's nonce grammar takes base64
+/// characters, of which hex digits are some).
+fn new_nonce() -> Arc<str> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes).into()
+}
+
+/// Sets the security headers on every response, pages and the rest alike
+/// (harmless on JSON and files, and one place keeps them from being
+/// forgotten on a new route): the Content-Security-Policy with a nonce
+/// made for this request, `X-Content-Type-Options: nosniff` (a file is
+/// run only as the type it is served as) and `Referrer-Policy: no-referrer`
+/// (a build page's URL names the build; nothing of it leaves with a link).
+pub async fn security_headers(mut request: Request, next: Next) -> Response {
+    let nonce = new_nonce();
+    request.extensions_mut().insert(ScriptNonce(nonce.clone()));
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(policy) = HeaderValue::from_str(&content_security_policy(&nonce)) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// Makes the page being rendered use this request's [`ScriptNonce`] on its
+/// inline scripts (Leptos writes `use_nonce()` on them), in place of the
+/// one Leptos generated, which no header names. Call it in the rendering
+/// context of every page, the 404 page included.
+pub fn adopt_nonce() {
+    use leptos::prelude::{provide_context, use_context};
+    let nonce = use_context::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<ScriptNonce>().cloned());
+    if let Some(ScriptNonce(nonce)) = nonce {
+        provide_context(leptos::nonce::Nonce::from_value(nonce));
+    }
 }

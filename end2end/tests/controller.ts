@@ -146,6 +146,10 @@ export interface Stats {
   totalBuildTimeMs: number;
   totalCpuSeconds: number;
   cpuCoresBusy: number;
+  /// Median and 95th percentile of the queue wait, ms; null with no build
+  /// first assigned in the last 24 h.
+  queueWaitP50Ms: number | null;
+  queueWaitP95Ms: number | null;
   generatedAt: number;
   demo: boolean;
 }

@@ -1,7 +1,7 @@
 // The page of a controller built with `--features demo`.
 import * as path from 'node:path';
 import { Controller, Worker } from './controller';
-import { test, expect, openLive, REFUSALS_EXPECTED } from './fixtures';
+import { test, expect, openLive, openAndFreeze, queueWaitTexts, REFUSALS_EXPECTED } from './fixtures';
 import { VIEWS, expectNoViolations, clippedInCounters } from './audit';
 import { sitePages } from './pages';
 
@@ -36,6 +36,19 @@ test('demo figures move', async ({ page }) => {
   const total = Number((await page.locator('#total-builds').textContent())?.replace(/,/g, ''));
   expect(total).toBeGreaterThan(1_000_000);
   await expect(page.locator('.chart-table tbody tr')).toHaveCount(30);
+});
+
+test('the queue wait shows what the demo server function returns', async ({ page }) => {
+  const shown = await openAndFreeze(page, ctl.url);
+  expect(shown.demo).toBe(true);
+  expect(shown.queueWaitP50Ms).toBeGreaterThan(0);
+  expect(shown.queueWaitP95Ms).toBeGreaterThan(shown.queueWaitP50Ms);
+  const [wait, waitHint] = queueWaitTexts(shown);
+  await expect(page.locator('#queue-wait')).toHaveText(wait);
+  await expect(page.locator('#queue-wait-hint')).toHaveText(waitHint);
+  // In the server's first HTML too, figured the same way.
+  const html = await (await fetch(`${ctl.url}/`)).text();
+  expect(html).toMatch(/id="queue-wait"[^>]*>\d[^<]*</);
 });
 
 test('axe-core: no violations on any page, desktop and phone, light and dark', async ({ page }) => {

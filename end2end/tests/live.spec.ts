@@ -1,7 +1,7 @@
 // The landing page against a real release controller with a fresh database,
 // polling every second and computing figures afresh for every request.
 import { Controller, Worker, sleep } from './controller';
-import { test, expect, openLive, count, cls, screenshots, NETWORK_ERRORS_EXPECTED } from './fixtures';
+import { test, expect, openLive, openAndFreeze, queueWaitTexts, count, cls, screenshots, NETWORK_ERRORS_EXPECTED } from './fixtures';
 
 test.describe.configure({ mode: 'serial' });
 
@@ -53,6 +53,10 @@ test('the server HTML already holds the figures /api/stats returns', async () =>
   expect(figure(html, 'total-cpu-unit')).toBe('CPU-hours');
   expect(figure(html, 'cores-busy')).toBe(stats.cpuCoresBusy.toFixed(1));
   expect(figure(html, 'data-source')).toBe('Live');
+  expect(stats.queueWaitP50Ms).not.toBeNull();
+  const [wait, waitHint] = queueWaitTexts(stats);
+  expect(figure(html, 'queue-wait')).toBe(wait);
+  expect(figure(html, 'queue-wait-hint')).toBe(waitHint);
   expect(html).toContain('CPU-hours');
   expect(html).not.toMatch(/NaN|cycles/i);
   // Rendered in place, not streamed in later by script.
@@ -78,6 +82,64 @@ test('figures change without a reload within two poll intervals', async ({ page 
   await expect(page.locator('#total-cpu-time')).not.toHaveText(cpuBefore ?? '');
   await expect(page.locator('#as-of')).not.toHaveText(asOfBefore ?? '');
   await expect(page.locator('#connection')).toHaveAttribute('data-state', 'live');
+});
+
+test('the queue wait shows what the server function returns', async ({ page }) => {
+  const shown = await openAndFreeze(page, ctl.url);
+  const [wait, waitHint] = queueWaitTexts(shown);
+  await expect(page.locator('#queue-wait')).toHaveText(wait);
+  await expect(page.locator('#queue-wait-hint')).toHaveText(waitHint);
+  // The server function itself, asked directly, gives the same figures.
+  const res = await fetch(`${ctl.url}/sfn/network_stats`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+  });
+  expect(res.status).toBe(200);
+  const direct = await res.json();
+  expect([direct.queueWaitP50Ms, direct.queueWaitP95Ms]).toEqual([shown.queueWaitP50Ms, shown.queueWaitP95Ms]);
+  expect(direct.queueWaitP50Ms).toBeGreaterThanOrEqual(0);
+  expect(direct.queueWaitP95Ms).toBeGreaterThanOrEqual(direct.queueWaitP50Ms);
+});
+
+test('with no claim in 24 h the queue wait says so, then updates live without moving anything', async ({ page }) => {
+  const fresh = await Controller.start({ pollInterval: '1s' });
+  try {
+    for (const [width, height] of [[390, 844], [1280, 900]] as const) {
+      await page.setViewportSize({ width, height });
+      await openLive(page, fresh.url);
+      const stats = await fresh.stats();
+      if (stats.queueWaitP50Ms === null) {
+        await expect(page.locator('#queue-wait')).toHaveText('none');
+        await expect(page.locator('#queue-wait-hint')).toHaveText('no builds in the last 24 h');
+        const freshWorker = await Worker.register(fresh);
+        await freshWorker.startBuild();
+      }
+      const after = await fresh.stats();
+      expect(after.queueWaitP50Ms).not.toBeNull();
+      const [wait, waitHint] = queueWaitTexts(after);
+      await expect(page.locator('#queue-wait')).toHaveText(wait, { timeout: 2 * fresh.pollMs });
+      await expect(page.locator('#queue-wait-hint')).toHaveText(waitHint);
+      await sleep(fresh.pollMs);
+      const shift = await cls(page);
+      expect(shift.value, `${width} px: ${JSON.stringify(shift.shifts)}`).toBe(0);
+    }
+  } finally {
+    await fresh.dispose();
+  }
+});
+
+test('the page hydrates under its CSP, which refuses a script without its nonce', async ({ page, problems }) => {
+  await openLive(page, ctl.url);
+  // Hydrated: the live loop polled (openLive) and the page says so.
+  await expect(page.locator('#connection')).toHaveAttribute('data-state', 'live');
+  // What an injected script would meet: the browser refuses to run it and
+  // reports the violation, which the shared fixture collects.
+  await page.addScriptTag({ content: 'window.__injected = true;' }).catch(() => undefined);
+  expect(await page.evaluate(() => (window as any).__injected)).toBeUndefined();
+  await expect.poll(() => problems.filter((p) => p.startsWith('csp: script-src')).length).toBeGreaterThan(0);
+  // This violation was the point of the test; nothing else may remain.
+  const expected = (p: string) => p.startsWith('csp: script-src') || /Content Security Policy/.test(p);
+  problems.splice(0, problems.length, ...problems.filter((p) => !expected(p)));
 });
 
 test('pause stops the updates and resume restarts them', async ({ page }) => {
@@ -167,7 +229,7 @@ test('semantic, self-contained, accessible markup', async ({ page }) => {
   await expect(page.locator('#lend')).toContainText('--build-command');
   await expect(page.locator('#submit')).toContainText('/api/builds');
   await expect(page.locator('body')).not.toContainText(/cycles|NaN/i);
-  for (const label of ['Nodes online', 'Builds queued', 'Building now', 'Builds today (UTC)', 'Total builds', 'Total build time', 'Total CPU time', 'Cores busy now']) {
+  for (const label of ['Nodes online', 'Builds queued', 'Typical wait for a machine', 'Building now', 'Builds today (UTC)', 'Total builds', 'Total build time', 'Total CPU time', 'Cores busy now']) {
     await expect(page.locator('.counters dt', { hasText: label })).toHaveCount(1);
   }
 });

@@ -70,6 +70,46 @@ fn parse_controller(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_string())
 }
 
+/// Whether talking to `url` would send secrets across a network
+/// unencrypted: plain `http://` to a host other than this machine's
+/// loopback (127.0.0.0/8, ::1, `localhost`). An unparseable URL counts as
+/// such (it never gets that far: `--controller` is parsed first).
+pub fn in_clear(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return true;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    // An IPv6 host is written in brackets.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        // `::ffff:127.0.0.1` is 127.0.0.1 too.
+        return !ip.to_canonical().is_loopback();
+    }
+    // `localhost` and its subdomains resolve to loopback (RFC 6761).
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    !(name == "localhost" || name.ends_with(".localhost"))
+}
+
+/// Says, as loudly as the agent can, that `url` is plain HTTP across a
+/// network: the log's warning, or stderr when the log filters warnings out.
+fn warn_in_clear(url: &str) {
+    let message = "tokens and the admin key would cross the network unencrypted: \
+                   use https:// (a TLS reverse proxy in front of the controller)";
+    if tracing::enabled!(tracing::Level::WARN) {
+        tracing::warn!(
+            controller = url,
+            "plain http:// to another machine: {message}"
+        );
+    } else {
+        eprintln!("WARNING: --controller {url} is plain http:// to another machine: {message}");
+    }
+}
+
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     // The controller takes whole seconds in 1..=300 as `intervalS`.
@@ -115,6 +155,9 @@ impl ControllerUrls {
     /// An HTTP client of all these controllers that sends `secret`,
     /// counting calls in `tally`.
     pub fn client(&self, secret: &str, tally: Tally) -> Result<Client, AgentError> {
+        for url in self.controller.iter().filter(|url| in_clear(url)) {
+            warn_in_clear(url);
+        }
         let controllers = Controllers::new(&self.controller)
             .ok_or_else(|| AgentError::Usage("--controller is required".into()))?;
         Client::new(controllers, secret, tally).map_err(|source| AgentError::Controller {
@@ -590,6 +633,37 @@ mod tests {
             "k"
         ])
         .is_err());
+    }
+
+    /// Plain http:// counts as in the clear unless it goes to this
+    /// machine's loopback; https:// never does.
+    #[test]
+    fn plain_http_beyond_loopback_is_in_the_clear() {
+        for clear in [
+            "http://builds.example.org",
+            "http://192.168.1.10:3000",
+            "http://10.0.0.1",
+            "http://[2001:db8::1]:3000",
+            "http://[::ffff:10.0.0.1]",
+            "http://localhost.example.org",
+            "http://128.0.0.1",
+        ] {
+            assert!(in_clear(clear), "{clear}");
+        }
+        for safe in [
+            "https://builds.example.org",
+            "https://192.168.1.10",
+            "http://127.0.0.1:3000",
+            "http://127.1.2.3",
+            "http://[::1]:3000",
+            "http://[::ffff:127.0.0.1]",
+            "http://localhost:3000",
+            "http://LOCALHOST",
+            "http://localhost.",
+            "http://ci.localhost/sub",
+        ] {
+            assert!(!in_clear(safe), "{safe}");
+        }
     }
 
     /// Every flag has help text.

@@ -143,6 +143,17 @@ pub fn Network(first: Landing) -> AnyView {
                 <dl class="counters" aria-live="off">
                     <Counter id="nodes-online" label="Nodes online" hint=format!("seen in the last {}", format::window_words(online_window_ms)) value=f(|s| format::count(s.nodes_online))/>
                     <Counter id="builds-queued" label="Builds queued" hint="waiting for a machine" value=f(|s| format::count(s.builds_queued))/>
+                    <div class="counter">
+                        <dt>"Typical wait for a machine"</dt>
+                        <dd class="figure" id="queue-wait">
+                            {move || stats.with(|s| queue_wait_figure(s.queue_wait_p50_ms))}
+                        </dd>
+                        // Two lines are kept for the hint whichever text it
+                        // shows, so the card never changes height.
+                        <dd class="hint two-lines" id="queue-wait-hint">
+                            {move || stats.with(|s| queue_wait_hint(s.queue_wait_p95_ms))}
+                        </dd>
+                    </div>
                     <Counter id="active-builds" label="Building now" hint="claimed or running" value=f(|s| format::count(s.active_builds))/>
                     <Counter id="cores-busy" label="Cores busy now" hint="working on builds" value=f(|s| format::cores(s.cpu_cores_busy))/>
                     <Counter id="builds-today" label="Builds today (UTC)" hint="finished since 00:00 UTC" value=f(|s| format::count(s.builds_today))/>
@@ -171,6 +182,19 @@ pub fn Network(first: Landing) -> AnyView {
     // Erased: the page's full view type is deeper than the compiler's default
     // recursion limit when hydrating.
     .into_any()
+}
+
+/// The median queue wait as the card shows it.
+fn queue_wait_figure(p50_ms: Option<i64>) -> String {
+    p50_ms.map_or_else(|| "none".to_string(), format::wait_ms)
+}
+
+/// The queue wait card's hint: the 95th percentile, or why there is none.
+fn queue_wait_hint(p95_ms: Option<i64>) -> String {
+    match p95_ms {
+        Some(ms) => format!("last 24 h; 95% within {}", format::wait_ms(ms)),
+        None => "no builds in the last 24 h".to_string(),
+    }
 }
 
 /// One figure with its label and a short explanation.

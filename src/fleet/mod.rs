@@ -5,6 +5,9 @@
 
 pub mod reaper;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,7 +19,8 @@ use crate::body::JsonBody;
 use crate::builds::{is_repeated_release, parse_build_id, BuildStatus, Event};
 use crate::clock::now_ms;
 use crate::error::{AppError, Result};
-use crate::storage::{ChangeDecision, NewBuild, NewWorker, Storage, WorkerIdentity};
+use crate::meters::Meters;
+use crate::storage::{ChangeDecision, Claim, NewBuild, NewWorker, Storage, WorkerIdentity};
 use crate::wire::{
     BuildSubmitted, BuildView, CompleteBuild, Heartbeat, PollAnswer, RegisterWorker, SubmitBuild,
     WorkerRegistered, MAX_ERROR_CHARS, MAX_LABEL_CHARS,
@@ -45,6 +49,7 @@ pub fn router<S>() -> Router<S>
 where
     FleetState: FromRef<S>,
     AuthState: FromRef<S>,
+    Meters: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
@@ -175,6 +180,7 @@ fn parse_wait(text: Option<&str>) -> Result<std::time::Duration> {
 /// until one is submitted or requeued (woken at once) or the wait ends.
 async fn poll(
     State(fleet): State<FleetState>,
+    State(meters): State<Meters>,
     Worker(worker): Worker,
     axum::extract::Query(query): axum::extract::Query<PollQuery>,
 ) -> Result<Response> {
@@ -186,7 +192,17 @@ async fn poll(
         let queued = fleet.queue_changed.notified();
         tokio::pin!(queued);
         queued.as_mut().enable();
-        if let Some(build) = fleet.storage.claim(worker.id, now_ms()).await? {
+        let now = now_ms();
+        if let Some(Claim {
+            build,
+            submitted_at,
+        }) = fleet.storage.claim(worker.id, now).await?
+        {
+            // A requeued build's later attempts do not wait for a machine
+            // again as far as the queue-wait figures go.
+            if build.attempt == 1 {
+                meters.first_assignment(now - submitted_at);
+            }
             tracing::info!(
                 build_id = build.id,
                 worker_id = worker.id,
@@ -286,6 +302,7 @@ async fn start(
 
 async fn complete(
     State(fleet): State<FleetState>,
+    State(meters): State<Meters>,
     Worker(worker): Worker,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CompleteBuild>,
@@ -303,7 +320,23 @@ async fn complete(
         success: body.success,
         error: body.error,
     };
-    let view = change(&fleet, &id, by_holder(worker, event)).await?;
+    // Only a build that is running when its change applies finishes by
+    // this call; a repeated complete changes nothing and is not counted.
+    let was_running = Arc::new(AtomicBool::new(false));
+    let running = was_running.clone();
+    let decide: ChangeDecision = Box::new(move |build, _| {
+        build.require_worker(worker.id)?;
+        running.store(build.status == BuildStatus::Building, Ordering::Relaxed);
+        Ok(Some(event))
+    });
+    let view = change(&fleet, &id, decide).await?;
+    if let (true, Some(started), Some(completed)) = (
+        was_running.load(Ordering::Relaxed),
+        view.started_at,
+        view.completed_at,
+    ) {
+        meters.build_finished(completed - started);
+    }
     tracing::info!(build_id = view.id, status = %view.status, cpu_seconds = view.cpu_seconds, "build finished");
     Ok(view)
 }

@@ -20,6 +20,7 @@ use crate::builds::parse_build_id;
 use crate::cache::lock;
 use crate::clock::now_ms;
 use crate::error::{AppError, Result};
+use crate::meters::Meters;
 use crate::storage::{Storage, TelemetryRequest};
 use crate::telemetry::{parse_body_bytes, TELEMETRY_BODY_LIMIT};
 use crate::wire::StoredSnapshot;
@@ -118,6 +119,7 @@ pub fn router<S>() -> Router<S>
 where
     IngestState: FromRef<S>,
     AuthState: FromRef<S>,
+    Meters: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
@@ -133,12 +135,13 @@ fn rate_limit(state: &IngestState, worker_id: i64) -> Result<()> {
 
 async fn telemetry(
     State(state): State<IngestState>,
+    State(meters): State<Meters>,
     Worker(worker): Worker,
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response> {
     let id = parse_build_id(&id)?;
-    rate_limit(&state, worker.id)?;
+    rate_limit(&state, worker.id).inspect_err(|_| meters.rate_limited())?;
     let bytes = read_limited(request.into_body(), TELEMETRY_BODY_LIMIT).await?;
     let now = now_ms();
     let body = parse_body_bytes(&bytes, now)?;
@@ -151,6 +154,11 @@ async fn telemetry(
             now,
         })
         .await?;
+    meters.samples(
+        answer.accepted,
+        answer.duplicates,
+        answer.rejected.len() as u64,
+    );
     tracing::debug!(
         build_id = id,
         worker_id = worker.id,

@@ -9,10 +9,17 @@
 //! they only grow), a day's figures are differences of the totals at its
 //! ends (so the days add up to the totals), and `cpuCoresBusy` is the rate at
 //! which `totalCpuSeconds` grows.
+//!
+//! Queue waits: each build is first assigned [`BUILD_MS`] before it
+//! finishes, and the builds first assigned in one minute waited like an
+//! exponential distribution whose median grows with how busy the network
+//! was then ([`median_wait_ms`]). Those waits go through the same buckets,
+//! window and percentiles as the real figures ([`super::queue_wait`]).
 
 use std::f64::consts::TAU;
 
 use super::accounting::{counter_micros, micros_to_seconds};
+use super::queue_wait;
 use super::{DailyBuilds, NetworkStats};
 use crate::format::iso_day;
 
@@ -130,8 +137,86 @@ fn wobble(ms: i64, period_s: i64) -> f64 {
     (TAU * ms.rem_euclid(period_ms) as f64 / period_ms as f64).sin()
 }
 
+/// Median queue wait of the builds first assigned at `ms`: 4 s when the
+/// rate is at its base, up to about 13 s at the busiest hour and a few
+/// hundred ms at the quietest.
+fn median_wait_ms(ms: i64) -> f64 {
+    let base = RATE_PER_S * (1.0 + GROWTH_PER_YEAR * elapsed_s(ms) / YEAR_S);
+    let load = rate(ms) / base;
+    4_000.0 * load * load
+}
+
+/// How a minute's waits spread around their median: an exponential
+/// distribution, as eight equal shares at its quantiles `(j + 0.5) / 8`,
+/// each `-ln(1 - (j + 0.5) / 8) / ln 2` times the median.
+const WAIT_SHARES: [f64; 8] = [
+    0.093_109_404,
+    0.299_560_282,
+    0.540_568_381,
+    0.830_074_999,
+    1.192_645_078,
+    1.678_071_905,
+    2.415_037_499,
+    4.0,
+];
+
+/// Builds first assigned by `ms` (each is assigned [`BUILD_MS`] before it
+/// finishes; none before the demo network began).
+fn assigned(ms: i64) -> u64 {
+    if ms <= START_MS {
+        0
+    } else {
+        finished(ms + BUILD_MS)
+    }
+}
+
+/// The demo's first assignments in the queue-wait window at `now_ms`, as
+/// (wait, builds) pairs, minute by minute.
+fn first_waits(now_ms: i64) -> impl Iterator<Item = (i64, i64)> {
+    let first = queue_wait::first_slot(now_ms);
+    (first..=queue_wait::slot_of(now_ms)).flat_map(move |slot| {
+        let start = slot * queue_wait::SLOT_MS;
+        let end = (start + queue_wait::SLOT_MS).min(now_ms + 1);
+        let builds = assigned(end).saturating_sub(assigned(start)) as i64;
+        let median = median_wait_ms(start);
+        let shares = WAIT_SHARES.len() as i64;
+        WAIT_SHARES.iter().enumerate().map(move |(j, factor)| {
+            let j = j as i64;
+            let count = builds * (j + 1) / shares - builds * j / shares;
+            ((median * factor).round() as i64, count)
+        })
+    })
+}
+
+/// `queueWaitP50Ms` and `queueWaitP95Ms` at `now_ms`, by SPEC's definition
+/// over the demo history, through the same buckets and percentiles as the
+/// real figures.
+fn queue_waits(now_ms: i64) -> (Option<i64>, Option<i64>) {
+    let mut counts = [0i64; queue_wait::BUCKETS as usize];
+    for (wait, builds) in first_waits(now_ms) {
+        counts[queue_wait::bucket_of(wait) as usize] += builds;
+    }
+    queue_wait::percentiles(
+        counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(bucket, &n)| (bucket as i64, n)),
+    )
+}
+
 /// Demo `NetworkStats` at `now_ms`.
 pub fn network_stats(now_ms: i64) -> NetworkStats {
+    let (queue_wait_p50_ms, queue_wait_p95_ms) = queue_waits(now_ms);
+    NetworkStats {
+        queue_wait_p50_ms,
+        queue_wait_p95_ms,
+        ..running_figures(now_ms)
+    }
+}
+
+/// Every demo figure at `now_ms` but the queue waits (which are `None`).
+fn running_figures(now_ms: i64) -> NetworkStats {
     let rate = rate(now_ms);
     // Little's law: builds in progress = finishing rate * build time.
     let active = (rate * BUILD_MS as f64 / 1000.0).round() as u64;
@@ -148,6 +233,8 @@ pub fn network_stats(now_ms: i64) -> NetworkStats {
         total_build_time_ms: total as i64 * BUILD_MS,
         total_cpu_seconds: micros_to_seconds(cpu_micros(now_ms)),
         cpu_cores_busy: rate * BUILD_CORES * BUILD_MS as f64 / 1000.0,
+        queue_wait_p50_ms: None,
+        queue_wait_p95_ms: None,
         generated_at: now_ms,
         demo: true,
     }
@@ -187,12 +274,14 @@ mod tests {
         assert!(network_stats(NOW).demo);
     }
 
-    /// Totals never decrease, second by second over a whole day.
+    /// Totals never decrease, second by second over a whole day (the
+    /// queue waits, which are no totals, left out: they sum a day of
+    /// minutes, too slow to do 86,400 times in a debug build).
     #[test]
     fn totals_never_decrease() {
-        let mut last = network_stats(NOW);
+        let mut last = running_figures(NOW);
         for s in 1..=86_400 {
-            let next = network_stats(NOW + s * 1000);
+            let next = running_figures(NOW + s * 1000);
             assert!(next.total_builds >= last.total_builds);
             assert!(next.total_build_time_ms >= last.total_build_time_ms);
             assert!(next.total_cpu_seconds >= last.total_cpu_seconds);
@@ -263,5 +352,34 @@ mod tests {
         assert_eq!(s.total_builds, 0);
         assert_eq!(s.total_cpu_seconds, 0.0);
         assert_eq!(s.active_builds, 0);
+        assert_eq!((s.queue_wait_p50_ms, s.queue_wait_p95_ms), (None, None));
+    }
+
+    /// The demo's queue waits are what the bucket math gives for its
+    /// history: a median of seconds, the 95th percentile well above it,
+    /// both within 2% of the exact percentiles of the same waits, and
+    /// moving with the time of day.
+    #[test]
+    fn queue_waits_follow_the_real_formulas() {
+        let s = network_stats(NOW);
+        let (p50, p95) = (s.queue_wait_p50_ms.unwrap(), s.queue_wait_p95_ms.unwrap());
+        assert!((500..=15_000).contains(&p50), "{s:?}");
+        assert!(p95 > 2 * p50, "{s:?}");
+        // The exact percentiles of the same history, wait by wait.
+        let mut waits = Vec::new();
+        for (wait, builds) in first_waits(NOW) {
+            waits.extend(std::iter::repeat_n(wait, builds as usize));
+        }
+        assert!(waits.len() > 10_000, "a day of builds: {}", waits.len());
+        for (estimate, percent) in [(p50, 50), (p95, 95)] {
+            let exact = queue_wait::exact_percentile(&mut waits, percent).unwrap();
+            assert!(
+                (estimate - exact).abs() as f64 <= 0.02 * exact as f64,
+                "p{percent} {estimate} vs {exact}"
+            );
+        }
+        // They move with the time of day.
+        let evening = network_stats(NOW + 8 * 3_600_000);
+        assert_ne!(evening.queue_wait_p50_ms, s.queue_wait_p50_ms);
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod accounting;
 pub mod demo;
+pub mod queue_wait;
 #[cfg(feature = "ssr")]
 pub mod reader;
 
@@ -33,6 +34,12 @@ pub struct NetworkStats {
     pub total_cpu_seconds: f64,
     /// Sum over active builds of their newest fresh sample's cores in use.
     pub cpu_cores_busy: f64,
+    /// Median of `first assignment - submittedAt`, ms, over builds first
+    /// assigned in the last 24 hours (exact to the minute); `None` when
+    /// there were none. Within 2% of the exact value (see [`queue_wait`]).
+    pub queue_wait_p50_ms: Option<i64>,
+    /// The same waits' 95th percentile, ms.
+    pub queue_wait_p95_ms: Option<i64>,
     /// When these figures were computed, ms since the epoch.
     pub generated_at: i64,
     /// True only in a build made with the `demo` feature.

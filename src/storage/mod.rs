@@ -15,6 +15,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod verify;
 
 use crate::builds::{AttemptRow, BuildRow, Event};
 use crate::error::Result;
@@ -51,6 +52,14 @@ pub struct NewBuild {
     pub label: Option<String>,
     pub submitted_at: i64,
     pub token_hash: [u8; 32],
+}
+
+/// A build just claimed: what the worker is told, and when the build was
+/// submitted (its wait for a machine, for the metrics).
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub build: ClaimedBuild,
+    pub submitted_at: i64,
 }
 
 /// Picks the lifecycle event for a build from the build and its attempts
@@ -290,7 +299,7 @@ impl Storage {
 
     /// Hands the oldest pending build of the worker's platforms to it,
     /// atomically: two workers never get the same build.
-    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<ClaimedBuild>> {
+    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<Claim>> {
         match &self.backend {
             Backend::Sqlite(db) => db.claim(worker_id, now).await,
             Backend::Postgres(db) => db.claim(worker_id, now).await,
@@ -356,6 +365,15 @@ impl Storage {
         }
     }
 
+    /// Builds first assigned from queue-wait slot `first_slot` on, as
+    /// (bucket, builds) per bucket (see [`crate::stats::queue_wait`]).
+    pub async fn queue_waits(&self, first_slot: i64) -> Result<Vec<(i64, i64)>> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.queue_waits(first_slot).await,
+            Backend::Postgres(db) => db.queue_waits(first_slot).await,
+        }
+    }
+
     /// The stored days `first..=last` that have figures, oldest first.
     pub async fn daily(&self, first: i64, last: i64) -> Result<Vec<DailyRow>> {
         match &self.backend {
@@ -407,6 +425,15 @@ impl Storage {
         match &self.backend {
             Backend::Sqlite(_) => 1,
             Backend::Postgres(_) => postgres::CONCURRENT_TELEMETRY_STORES,
+        }
+    }
+
+    /// Reports each SQLite group commit to `meters` (Postgres has no
+    /// single writer: nothing to report).
+    pub fn attach_meters(&self, meters: crate::meters::Meters) {
+        match &self.backend {
+            Backend::Sqlite(db) => db.writer.attach_meters(meters),
+            Backend::Postgres(_) => {}
         }
     }
 

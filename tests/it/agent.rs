@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use freeagent::wire::{BuildSubmitted, BuildView, Snapshot, SubmitBuild};
 
 const BIN: &str = env!("CARGO_BIN_EXE_freeagent");
-const ADMIN_KEY: &str = "agent-test-admin-key";
+const ADMIN_KEY: &str = "agent-test-admin-key-0123456789";
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -1005,6 +1005,60 @@ async fn install_service_writes_a_unit_systemd_accepts() {
     assert_eq!(
         fs::read_to_string(&installed).ok().as_deref(),
         Some(unit.as_str())
+    );
+}
+
+/// An agent told to reach a controller over plain http:// on another
+/// machine warns that secrets would cross the network unencrypted, naming
+/// that URL; loopback says nothing of it; with the log filtered to errors
+/// the warning still reaches stderr.
+#[tokio::test]
+async fn plain_http_to_another_machine_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = Controller::start(dir.path(), &[]);
+    // Second in the list: the first controller answers, so nothing is ever
+    // sent to this one (the test reaches only loopback).
+    let remote = "http://198.51.100.7:3000";
+    let register = |controllers: String, log_level: &str, name: &str| {
+        let out = Command::new(BIN)
+            .args(["agent", "register", "--controller", &controllers])
+            .args([
+                "--admin-key",
+                ADMIN_KEY,
+                "--name",
+                name,
+                "--platform",
+                "linux",
+            ])
+            .arg("--token-file")
+            .arg(dir.path().join(format!("{name}.token")))
+            .env("RUST_LOG", log_level)
+            .output()
+            .expect("run agent register");
+        let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "register failed: {stderr}");
+        stderr
+    };
+    let warned = register(format!("{},{remote}", ctl.url()), "info", "warned");
+    let line = warned
+        .lines()
+        .find(|line| line.contains("unencrypted"))
+        .unwrap_or_else(|| panic!("no warning:\n{warned}"));
+    assert!(line.contains("WARN") && line.contains(remote), "{line}");
+    assert!(
+        !line.contains(&ctl.url()),
+        "loopback named as unencrypted: {line}"
+    );
+
+    let quiet = register(ctl.url(), "info", "quiet");
+    assert!(!quiet.contains("unencrypted"), "{quiet}");
+
+    let filtered = register(format!("{},{remote}", ctl.url()), "error", "filtered");
+    assert!(
+        filtered.contains("WARNING")
+            && filtered.contains(remote)
+            && filtered.contains("unencrypted"),
+        "{filtered}"
     );
 }
 

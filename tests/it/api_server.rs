@@ -29,12 +29,7 @@ async fn landing_page_renders() {
 async fn page(app: &TestApp, path: &str) -> (StatusCode, String) {
     let response = app.get(path, None).await;
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = content_type(&response);
     assert!(
         content_type.starts_with("text/html"),
         "{path}: {content_type}"

@@ -36,6 +36,8 @@ async fn empty_network_has_zero_figures() {
         "totalBuildTimeMs",
         "totalCpuSeconds",
         "cpuCoresBusy",
+        "queueWaitP50Ms",
+        "queueWaitP95Ms",
         "generatedAt",
         "demo",
     ] {

@@ -119,6 +119,7 @@ async fn assert_books_exact(app: &TestApp, context: &str) {
         recomputed.today.3,
         "today's cpuSeconds {context}"
     );
+    assert_verified(&app.database_url, context).await;
 }
 
 /// The story: A runs attempt 1 to 1.0 CPU-seconds and goes silent;

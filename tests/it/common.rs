@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Admin key every `TestApp` runs with.
-pub const ADMIN_KEY: &str = "test-admin-key";
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 /// Longest any single request of a test may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const MS_PER_DAY: i64 = 86_400_000;
@@ -696,6 +696,16 @@ pub async fn read_only_pool(database_url: &str) -> AnyPool {
         .expect("open database read-only")
 }
 
+/// A response's `Content-Type`, empty when it has none.
+pub fn content_type(response: &Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Asserts the status and parses the JSON body.
 pub async fn expect_json<T: serde::de::DeserializeOwned>(
     response: Response,
@@ -955,6 +965,48 @@ pub fn recompute(
     r
 }
 
+/// (build, first assignment - submittedAt) of every build whose first
+/// assignment is in the queue-wait window at `now` (the current UTC minute
+/// and the 1439 before it; `i64::MIN`: every build ever assigned), by id.
+pub async fn raw_first_waits(pool: &AnyPool, now: i64) -> Vec<(i64, i64)> {
+    use freeagent::stats::queue_wait::{first_slot, SLOT_MS};
+    let since = if now == i64::MIN {
+        i64::MIN
+    } else {
+        first_slot(now) * SLOT_MS
+    };
+    sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT b.id, a.assigned_at, b.submitted_at FROM attempts a
+         JOIN builds b ON b.id = a.build_id
+         WHERE a.attempt = 1 AND a.assigned_at >= $1 ORDER BY b.id",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .expect("first attempts")
+    .into_iter()
+    .map(|(id, assigned, submitted)| (id, assigned - submitted))
+    .collect()
+}
+
+/// Asserts that `queueWaitP50Ms` and `queueWaitP95Ms` are within 2% of the
+/// exact (nearest-rank) percentiles of `waits`, or null when it is empty.
+pub fn assert_queue_wait_matches(stats: &NetworkStats, waits: &[i64], context: &str) {
+    use freeagent::stats::queue_wait::exact_percentile;
+    let mut sorted = waits.to_vec();
+    for (shown, percent) in [(stats.queue_wait_p50_ms, 50), (stats.queue_wait_p95_ms, 95)] {
+        let exact = exact_percentile(&mut sorted, percent);
+        match (shown, exact) {
+            (None, None) => {}
+            (Some(shown), Some(exact)) => assert!(
+                (shown - exact).abs() as f64 <= 0.02 * exact as f64,
+                "queueWaitP{percent}Ms {context}: {shown} ms, exact {exact} ms of {waits:?}"
+            ),
+            _ => panic!("queueWaitP{percent}Ms {context}: {shown:?}, exact {exact:?} of {waits:?}"),
+        }
+    }
+}
+
 /// Seconds as integer microseconds, as the controller rounds them.
 pub fn micros(seconds: f64) -> i64 {
     (seconds * 1e6).round() as i64
@@ -1011,5 +1063,19 @@ pub fn assert_build_matches(view: &BuildView, f: &BuildFigures, context: &str) {
         view.snapshot_count, f.snapshot_count,
         "build {} snapshotCount {context}",
         view.id
+    );
+}
+
+/// Asserts that `freeagent verify` finds every stored figure equal to its
+/// recomputation (retention's removals are no difference).
+pub async fn assert_verified(database_url: &str, context: &str) {
+    let report = freeagent::storage::verify::verify(database_url, false)
+        .await
+        .unwrap_or_else(|e| panic!("verify could not run {context}: {e}"));
+    let lines: Vec<String> = report.differences.iter().map(|d| d.to_string()).collect();
+    assert!(
+        lines.is_empty(),
+        "verify found differences {context}:\n{}",
+        lines.join("\n")
     );
 }

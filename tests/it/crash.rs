@@ -560,6 +560,7 @@ async fn help_lists_every_flag_with_its_environment_variable() {
         ("--stats-ttl", "FREEAGENT_STATS_TTL"),
         ("--telemetry-rate", "FREEAGENT_TELEMETRY_RATE"),
         ("--poll-interval", "FREEAGENT_POLL_INTERVAL"),
+        ("--log-format", "FREEAGENT_LOG_FORMAT"),
     ] {
         assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
         assert!(serve.contains(env), "serve --help lacks {env}:\n{serve}");
@@ -587,7 +588,7 @@ async fn no_subcommand_serves_configured_from_the_environment() {
     let mut child = freeagent(dir.path())
         .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
         .env("FREEAGENT_DATABASE_URL", &database_url)
-        .env("FREEAGENT_ADMIN_KEY", "from-the-environment")
+        .env("FREEAGENT_ADMIN_KEY", "from-the-environment-0123456789")
         .env("FREEAGENT_TELEMETRY_RATE", "1")
         .env("FREEAGENT_LEASE_TIMEOUT", "90s")
         .env("FREEAGENT_STATS_TTL", "0s")
@@ -620,7 +621,7 @@ async fn no_subcommand_serves_configured_from_the_environment() {
     let registered: freeagent::wire::WorkerRegistered = expect_json(
         post(
             "/api/workers/register",
-            "from-the-environment",
+            "from-the-environment-0123456789",
             json!({"name": "env", "platforms": ["linux"], "cpuCores": 2, "memoryMb": 512}),
         )
         .await
@@ -631,7 +632,7 @@ async fn no_subcommand_serves_configured_from_the_environment() {
     let build: freeagent::wire::BuildSubmitted = expect_json(
         post(
             "/api/builds",
-            "from-the-environment",
+            "from-the-environment-0123456789",
             json!({"platform": "linux"}),
         )
         .await
@@ -694,7 +695,7 @@ async fn unservable_database_url_is_an_error_at_start() {
                 "--database-url",
                 url,
                 "--admin-key",
-                "k",
+                ADMIN_KEY,
                 "--listen",
                 &listen,
             ],
@@ -722,5 +723,110 @@ async fn unservable_database_url_is_an_error_at_start() {
                 .collect();
             assert!(left.is_empty(), "{args:?} left {left:?} behind");
         }
+    }
+}
+
+/// `serve` refuses an admin key shorter than 24 characters, whether given
+/// by flag, by environment or found in `data/admin.key`: it exits non-zero
+/// at once, says why and how to generate a good key, never prints the key,
+/// and opens no database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_short_admin_key() {
+    let short = "q7Z";
+    for how in ["flag", "environment", "file"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = freeagent(dir.path());
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        match how {
+            "flag" => {
+                command.args(["--admin-key", short]);
+            }
+            "environment" => {
+                command.env("FREEAGENT_ADMIN_KEY", short);
+            }
+            _ => {
+                std::fs::create_dir(dir.path().join("data")).unwrap();
+                std::fs::write(dir.path().join("data/admin.key"), format!("{short}\n")).unwrap();
+            }
+        }
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("exits at once, not serves")
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{how}: served with a 3-character key"
+        );
+        for says in [
+            "admin key",
+            "3 characters",
+            "at least 24",
+            "openssl rand -base64 32",
+        ] {
+            assert!(
+                stderr.contains(says),
+                "{how}: stderr lacks {says:?}:\n{stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains(short),
+            "{how}: the key was printed:\n{stderr}"
+        );
+        assert!(
+            !dir.path().join("data/freeagent.db").exists(),
+            "{how}: a database was opened"
+        );
+    }
+}
+
+/// `--log-format json` writes every log line as one JSON object with a
+/// timestamp, a level and the event's fields (its message among them), so
+/// a log shipper reads them without parsing text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path(), "json.db").await;
+    let mut flags = serve_flags(&database_url);
+    flags.extend(["--log-format".into(), "json".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut controller = Controller::start(dir.path(), &flags).await;
+    let pid = controller.child.id().expect("running") as i32;
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::timeout(Duration::from_secs(10), controller.child.wait())
+        .await
+        .expect("stops within 10 s of SIGTERM")
+        .unwrap();
+    let log = std::fs::read_to_string(&controller.log).unwrap();
+    let mut messages = Vec::new();
+    for line in log.lines().filter(|line| !line.trim().is_empty()) {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\nlog:\n{log}"));
+        assert!(event["timestamp"].is_string(), "{line}");
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&event["level"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        let message = event["fields"]["message"].as_str();
+        messages.push(
+            message
+                .unwrap_or_else(|| panic!("no fields.message: {line}"))
+                .to_string(),
+        );
+        if message == Some("controller listening") {
+            assert_eq!(
+                event["fields"]["addr"].as_str(),
+                Some(controller.base.trim_start_matches("http://")),
+                "{line}"
+            );
+        }
+    }
+    for expected in ["controller listening", "controller stopped"] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "no {expected:?} in:\n{log}"
+        );
     }
 }

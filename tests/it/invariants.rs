@@ -899,6 +899,12 @@ impl Sim {
         let stats = self.app.stats().await;
         let r = recompute(&builds, &self.seen_rows, stats.generated_at);
         assert_stats_match(&stats, &r, &context);
+        let waits: Vec<i64> = raw_first_waits(&pool, stats.generated_at)
+            .await
+            .into_iter()
+            .map(|(_, wait)| wait)
+            .collect();
+        assert_queue_wait_matches(&stats, &waits, &context);
         assert_eq!(
             stats.nodes_online,
             self.workers.len() as u64,
@@ -927,6 +933,8 @@ impl Sim {
             today.cpu_seconds,
             r.today.3 as f64 / 1e6
         );
+
+        assert_verified(&self.app.database_url, &context).await;
 
         if let Some(last) = &self.last {
             assert!(

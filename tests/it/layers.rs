@@ -6,8 +6,8 @@
 //! - domains: `fleet`, `ingest`, `retention`, `figures`, `app`, `agent`
 //!   (each a feature; they share only what lies below them);
 //! - foundations: `storage`, `error`, `auth`, `body`, `wire`, `format`,
-//!   `builds`, `stats`, `ledger`, `telemetry`, `cache`, `clock`, `files` (what every
-//!   domain stands on).
+//!   `builds`, `stats`, `ledger`, `telemetry`, `cache`, `clock`, `files`,
+//!   `meters`, `verify` (what every domain stands on).
 //!
 //! A module not listed here fails the test too, so that a new one is
 //! placed on purpose.
@@ -26,7 +26,9 @@ fn layer_of(module: &str) -> Option<Layer> {
         "main" | "lib" | "cli" | "server" | "config" | "site" => Some(Layer::Shell),
         "fleet" | "ingest" | "retention" | "figures" | "app" | "agent" => Some(Layer::Domain),
         "storage" | "error" | "auth" | "body" | "wire" | "format" | "builds" | "stats"
-        | "ledger" | "telemetry" | "cache" | "clock" | "files" => Some(Layer::Foundation),
+        | "ledger" | "telemetry" | "cache" | "clock" | "files" | "meters" | "verify" => {
+            Some(Layer::Foundation)
+        }
         _ => None,
     }
 }

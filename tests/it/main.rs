@@ -22,11 +22,22 @@
 //!   - `api_retention`: purge and the background retention pass.
 //! - `attempts`: a requeued or released build runs again as its next attempt.
 //! - `concurrency`: simultaneous polls and telemetry writers.
+//! - `connections`: slow, idle and half-open clients are disconnected in
+//!   time, the connection cap makes new ones wait, others are served.
+//! - `queue_wait`: `queueWaitP50Ms`/`queueWaitP95Ms` against the raw rows,
+//!   requeues counted once, the 24-hour window.
 //! - `invariants`: seeded random sequences checked against a recomputation.
 //! - `crash`: the real binary: durability under SIGKILL, SIGTERM, flags.
 //! - `agent`: the real binary as controller and as worker agent.
 //! - `layers`: the crate's imports point one way (reads `src/`).
+//! - `metrics`: `GET /metrics`, its token, and its agreement with
+//!   `/api/stats`; `prometheus`: a real Prometheus scrapes it (Debian's
+//!   `prometheus` package, started by the test) and `promtool` lints it.
 //! - `site`: pages and JSON compressed when asked, pages' caching.
+//! - `verify`: `freeagent verify [--repair]` and `freeagent backup` on a
+//!   served database, under load.
+//! - `deploy`: the files of `deploy/`: systemd accepts the unit, the
+//!   environment file names every flag.
 //! - `multi`: three controller processes on one Postgres database (runs in
 //!   the Postgres pass).
 
@@ -44,8 +55,14 @@ mod api_telemetry;
 mod api_workers;
 mod attempts;
 mod concurrency;
+mod connections;
 mod crash;
+mod deploy;
 mod invariants;
 mod layers;
+mod metrics;
 mod multi;
+mod prometheus;
+mod queue_wait;
 mod site;
+mod verify;

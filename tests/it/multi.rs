@@ -328,11 +328,20 @@ impl Network {
             }
             let stats = self.stats(i).await;
             assert_stats_match(&stats, &recomputed, &format!("{context}, controller {i}"));
+            let waits: Vec<i64> = raw_first_waits(&self.pool, stats.generated_at)
+                .await
+                .into_iter()
+                .map(|(_, wait)| wait)
+                .collect();
+            assert_queue_wait_matches(&stats, &waits, &format!("{context}, controller {i}"));
             for build in &builds {
                 let view = self.build(i, build.id).await;
                 let figures = &recomputed.builds[&build.id];
                 assert_build_matches(&view, figures, &format!("{context}, build {}", build.id));
             }
+        }
+        if let Some(controller) = self.controllers.first() {
+            assert_verified(&controller.database_url, context).await;
         }
     }
 

@@ -88,7 +88,23 @@ fn bin_dir() -> Result<PathBuf, String> {
         })
 }
 
-fn free_port() -> u16 {
+/// Runs `script` with `sh` in a session of its own, detached from the test
+/// process so that it outlives it (the watchdogs of what the tests start).
+pub fn spawn_detached_shell(script: &str) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    Command::new("sh")
+        .args(["-c", script])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(|_| ())
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port on 127.0.0.1")
@@ -223,17 +239,7 @@ impl Cluster {
             data = self.data_str(),
             dir = self.dir_str(),
         );
-        use std::os::unix::process::CommandExt;
-        Command::new("sh")
-            .args(["-c", &script])
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map(|_| ())
-            .map_err(|e| format!("watchdog: {e}"))
+        spawn_detached_shell(&script).map_err(|e| format!("watchdog: {e}"))
     }
 
     /// `postgres://` URL of database `name`.

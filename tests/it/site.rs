@@ -145,3 +145,95 @@ async fn missing_file_is_an_uncached_404() {
         assert_eq!(got.cache, None, "{path}");
     }
 }
+
+/// The nonce a Content-Security-Policy allows inline scripts by.
+fn policy_nonce(policy: &str) -> Option<&str> {
+    let (_, rest) = policy.split_once("'nonce-")?;
+    rest.split_once('\'').map(|(nonce, _)| nonce)
+}
+
+/// Pages (the landing page, a build's page, the 404 page), JSON and a
+/// missing file all carry the security headers: a Content-Security-Policy
+/// of this site alone, `nosniff` and no referrer. Every inline script of a
+/// page carries the nonce its own response's policy names (so the page
+/// still hydrates), and no two responses share a nonce.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let app = TestApp::start().await;
+    let build = app.submit_build(LINUX).await;
+    let pages = [
+        "/".to_string(),
+        format!("/builds/{}", build.id),
+        "/no-such-page".to_string(),
+    ];
+    let others = ["/api/stats", "/api/no-such-route", "/pkg/no-such-file.wasm"];
+    let mut nonces = std::collections::BTreeSet::new();
+    for path in pages.iter().map(String::as_str).chain(others) {
+        let response = app.get(path, None).await;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_else(|| panic!("{path}: no {name}"))
+                .to_string()
+        };
+        let policy = header("content-security-policy");
+        for directive in [
+            "default-src 'self'",
+            "'wasm-unsafe-eval'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(
+                policy.contains(directive),
+                "{path}: {directive} missing from {policy}"
+            );
+        }
+        for loose in [
+            "unsafe-inline",
+            "'unsafe-eval'",
+            "*",
+            "http:",
+            "https:",
+            "data:",
+        ] {
+            assert!(!policy.contains(loose), "{path}: {loose} in {policy}");
+        }
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+        let nonce = policy_nonce(&policy)
+            .unwrap_or_else(|| panic!("{path}: no nonce in {policy}"))
+            .to_string();
+        assert!(
+            nonce.len() >= 22,
+            "{path}: a nonce of 128 bits at least: {nonce}"
+        );
+        assert!(
+            nonces.insert(nonce.clone()),
+            "{path}: nonce {nonce} used twice"
+        );
+        if !pages.iter().any(|page| page == path) {
+            continue;
+        }
+        let html = response.text().await.expect("page body");
+        let scripts: Vec<&str> = html
+            .split("<script")
+            .skip(1)
+            .map(|rest| rest.split_once('>').map_or(rest, |(tag, _)| tag))
+            .collect();
+        assert!(!scripts.is_empty(), "{path}: no hydration script");
+        for tag in scripts {
+            assert!(
+                tag.contains(&format!("nonce=\"{nonce}\"")),
+                "{path}: <script{tag}> lacks this response's nonce {nonce}"
+            );
+        }
+        assert!(
+            !html.contains(" style=\""),
+            "{path}: an inline style the policy would block"
+        );
+    }
+}

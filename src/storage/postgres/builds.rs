@@ -4,11 +4,13 @@
 use futures::FutureExt;
 use sqlx::PgConnection;
 
+use super::figures::record_queue_wait;
 use super::{announce_queue_change, Database, Ledger};
 use crate::builds::{transition, AttemptRow, BuildRow, BuildStatus, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
-use crate::storage::{refusal_error, ChangeDecision, NewBuild};
+use crate::stats::queue_wait;
+use crate::storage::{refusal_error, ChangeDecision, Claim, NewBuild};
 use crate::wire::ClaimedBuild;
 
 pub(super) const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt,
@@ -160,10 +162,10 @@ impl Database {
     }
 
     /// Hands the oldest pending build of one of the worker's platforms to
-    /// it. A build another controller is claiming right now is skipped, not
+    /// it, counting its queue wait when this is its first assignment. A build another controller is claiming right now is skipped, not
     /// waited for: this worker gets the next candidate, never a false "no
     /// build".
-    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<ClaimedBuild>> {
+    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<Claim>> {
         let shard = self.shard();
         self.transaction(move |conn| {
             async move {
@@ -183,11 +185,20 @@ impl Database {
                 let mut ledger = Ledger::default();
                 apply_transition(conn, &build, &change, now, &mut ledger).await?;
                 ledger.write(conn, shard).await?;
-                Ok(Some(ClaimedBuild {
-                    id: build.id,
-                    platform: build.platform,
-                    label: build.label,
-                    attempt: change.build.attempt,
+                // Last in the lock order: the queue-wait rows of this shard.
+                if let Some(wait) =
+                    queue_wait::first_wait(change.build.attempt, build.submitted_at, now)
+                {
+                    record_queue_wait(conn, shard, now, wait).await?;
+                }
+                Ok(Some(Claim {
+                    submitted_at: build.submitted_at,
+                    build: ClaimedBuild {
+                        id: build.id,
+                        platform: build.platform,
+                        label: build.label,
+                        attempt: change.build.attempt,
+                    },
                 }))
             }
             .boxed()

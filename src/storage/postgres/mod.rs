@@ -32,7 +32,10 @@ mod builds;
 mod figures;
 mod retention;
 mod telemetry;
+mod verify;
 mod workers;
+
+pub use verify::verify_database;
 
 /// Shard rows of `totals` and `daily` (see the migration).
 const SHARDS: u64 = 16;

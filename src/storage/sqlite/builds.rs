@@ -4,12 +4,13 @@
 use futures::FutureExt;
 use sqlx::SqliteConnection;
 
-use super::figures::apply_ledger;
+use super::figures::{apply_ledger, record_queue_wait};
 use super::Database;
 use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
-use crate::storage::{refusal_error, ChangeDecision, NewBuild};
+use crate::stats::queue_wait;
+use crate::storage::{refusal_error, ChangeDecision, Claim, NewBuild};
 use crate::wire::ClaimedBuild;
 
 const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt, submitted_at,
@@ -149,8 +150,9 @@ impl Database {
     }
 
     /// Hands the oldest pending build of one of the worker's platforms to
-    /// it. The single writer makes the claim atomic.
-    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<ClaimedBuild>> {
+    /// it, counting its queue wait when this is its first assignment. The
+    /// single writer makes the claim atomic.
+    pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<Claim>> {
         self.writer
             .write(move |conn| {
                 async move {
@@ -168,11 +170,19 @@ impl Database {
                     let change = transition(&build, &Event::Claim { worker_id }, now)
                         .map_err(refusal_error)?;
                     apply_transition(conn, &build, &change, now).await?;
-                    Ok(Some(ClaimedBuild {
-                        id,
-                        platform: build.platform,
-                        label: build.label,
-                        attempt: change.build.attempt,
+                    if let Some(wait) =
+                        queue_wait::first_wait(change.build.attempt, build.submitted_at, now)
+                    {
+                        record_queue_wait(conn, now, wait).await?;
+                    }
+                                        Ok(Some(Claim {
+                        submitted_at: build.submitted_at,
+                        build: ClaimedBuild {
+                            id,
+                            platform: build.platform,
+                            label: build.label,
+                            attempt: change.build.attempt,
+                        },
                     }))
                 }
                 .boxed()

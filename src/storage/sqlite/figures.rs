@@ -6,6 +6,7 @@ use sqlx::SqliteConnection;
 use super::Database;
 use crate::error::Result;
 use crate::ledger::{DayDelta, LedgerDelta, TotalsDelta};
+use crate::stats::queue_wait;
 use crate::storage::{DailyRow, FiguresRow, StoredFigures};
 
 /// Applies `delta` to the running totals and its day, inside the caller's
@@ -48,7 +49,40 @@ pub(super) async fn apply_ledger(conn: &mut SqliteConnection, delta: &LedgerDelt
     }
 }
 
+/// Counts one first assignment at `now` with queue wait `wait_ms`, and
+/// drops the minutes that left the window, inside the claim's transaction.
+pub(super) async fn record_queue_wait(
+    conn: &mut SqliteConnection,
+    now: i64,
+    wait_ms: i64,
+) -> Result<()> {
+    sqlx::query("DELETE FROM queue_wait_slots WHERE slot < ?")
+        .bind(queue_wait::first_slot(now))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO queue_wait_slots (slot, bucket, builds) VALUES (?, ?, 1)
+         ON CONFLICT (slot, bucket) DO UPDATE SET builds = builds + 1",
+    )
+    .bind(queue_wait::slot_of(now))
+    .bind(queue_wait::bucket_of(wait_ms))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl Database {
+    /// Builds first assigned from slot `first_slot` on, per queue-wait
+    /// bucket: (bucket, builds).
+    pub async fn queue_waits(&self, first_slot: i64) -> Result<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT bucket, sum(builds) FROM queue_wait_slots WHERE slot >= ? GROUP BY bucket",
+        )
+        .bind(first_slot)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
     /// The stored figures, all from one read snapshot.
     pub async fn figures(
         &self,

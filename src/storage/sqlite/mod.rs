@@ -23,6 +23,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -39,9 +40,11 @@ mod builds;
 mod figures;
 mod retention;
 mod telemetry;
+mod verify;
 mod workers;
 
 pub use retention::purge_database;
+pub use verify::{backup_database, verify_database};
 
 /// Most jobs grouped into one transaction.
 const MAX_JOBS_PER_COMMIT: usize = 512;
@@ -169,17 +172,28 @@ struct Job {
     run: Run,
 }
 
+/// Where the writer reports its groups, once the controller attached it.
+type MetersSlot = Arc<OnceLock<crate::meters::Meters>>;
+
 /// Handle to the single writer task.
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    meters: MetersSlot,
 }
 
 impl Writer {
     fn start(conn: SqliteConnection) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(conn, queue));
-        Writer { jobs }
+        let meters = MetersSlot::default();
+        tokio::spawn(run_writer(conn, queue, meters.clone()));
+        Writer { jobs, meters }
+    }
+
+    /// Reports each group commit (its jobs, its time) to `meters` from now
+    /// on; a second call changes nothing.
+    pub fn attach_meters(&self, meters: crate::meters::Meters) {
+        let _ = self.meters.set(meters);
     }
 
     /// Runs `change` in the next group transaction and returns its result once
@@ -239,7 +253,11 @@ impl Writer {
     }
 }
 
-async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) {
+async fn run_writer(
+    mut conn: SqliteConnection,
+    mut queue: mpsc::Receiver<Job>,
+    meters: MetersSlot,
+) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while queue.recv_many(&mut batch, MAX_JOBS_PER_COMMIT).await > 0 {
         let jobs = batch.len();
@@ -255,6 +273,9 @@ async fn run_writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) 
         };
         for deliver in deliveries {
             deliver(committed);
+        }
+        if let Some(meters) = meters.get() {
+            meters.writer_group(jobs, started.elapsed());
         }
         tracing::trace!(
             jobs,
