@@ -125,6 +125,21 @@ pub struct BuildRow {
 }
 
 impl BuildRow {
+    /// The build as stored once `change` is written: only the columns a
+    /// transition sets differ, so the writer need not read it back.
+    pub fn after(&self, change: &BuildChange) -> BuildRow {
+        BuildRow {
+            status: change.status,
+            attempt: change.attempt,
+            worker_id: change.worker_id,
+            assigned_at: change.assigned_at,
+            started_at: change.started_at,
+            completed_at: change.completed_at,
+            error: change.error.clone(),
+            ..self.clone()
+        }
+    }
+
     /// The build as `GET /api/builds/{id}` shows it.
     pub fn view(&self) -> BuildView {
         BuildView {

@@ -37,7 +37,8 @@
 //! - [`verify`]: every stored figure recomputed from the rows it derives
 //!   from (`freeagent verify`), as pure code.
 //! - [`auth`] (bearer extractors and their state), [`body`] (JSON bodies),
-//!   [`error`] (one error type, mapped to HTTP once), [`cache`], [`clock`]
+//!   [`error`] (one error type, mapped to HTTP once), [`gather`] (requests
+//!   that arrive spread out, gathered into one commit), [`cache`], [`clock`]
 //!   (time and durations), [`files`] (owner-only files), [`meters`] (this
 //!   controller's counters and histograms, and the `/metrics` text),
 //!   [`wire`] (JSON shapes and limits, shared with the agent and browser),
@@ -72,6 +73,8 @@ pub mod figures;
 pub mod files;
 #[cfg(feature = "ssr")]
 pub mod fleet;
+#[cfg(feature = "ssr")]
+pub mod gather;
 #[cfg(feature = "ssr")]
 pub mod ingest;
 #[cfg(feature = "ssr")]

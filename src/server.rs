@@ -37,8 +37,45 @@ mod connections;
 
 /// The composition root: every domain's own state, assembled once. Each
 /// handler and extractor takes only the part it needs (`FromRef`).
-#[derive(Clone, FromRef)]
-pub struct AppState {
+///
+/// axum clones the router's state for every request, so the parts live
+/// behind one `Arc`: a clone is one count, not a dozen counts and the
+/// Leptos options' strings.
+#[derive(Clone)]
+pub struct AppState(Arc<AppParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// Each part a handler may take from [`AppState`].
+macro_rules! parts_from_ref {
+    ($($field:ident: $part:ty),* $(,)?) => {
+        $(impl FromRef<AppState> for $part {
+            fn from_ref(state: &AppState) -> $part {
+                state.0.$field.clone()
+            }
+        })*
+    };
+}
+
+parts_from_ref!(
+    storage: Storage,
+    auth: AuthState,
+    fleet: FleetState,
+    ingest: IngestState,
+    figures: FiguresState,
+    retention: RetentionState,
+    meters: Meters,
+    leptos_options: LeptosOptions,
+);
+
+/// What [`AppState`] holds.
+pub struct AppParts {
     /// The database.
     pub storage: Storage,
     /// Secrets, worker identities, last-seen times.
@@ -125,7 +162,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     storage.attach_meters(meters.clone());
     let grace_ms = args.telemetry_grace.as_millis() as i64;
     let seen = SeenTimes::new(storage.clone(), args.online_window, args.lease_timeout);
-    Ok(AppState {
+    Ok(AppState(Arc::new(AppParts {
         auth: AuthState::new(
             storage.clone(),
             hash_secret(&key),
@@ -157,7 +194,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
         meters,
         storage,
         leptos_options: leptos_options(args.listen),
-    })
+    })))
 }
 
 async fn healthz(State(storage): State<Storage>) -> Response {

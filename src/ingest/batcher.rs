@@ -1,5 +1,7 @@
 //! The telemetry batcher: every request that queued while the previous
-//! batch was being committed is stored as one storage job. SQLite's single
+//! batch was being committed is stored as one storage job, and when
+//! requests arrive spread out (a fleet, not a benchmark) it waits a few
+//! milliseconds for company first (see [`crate::gather`]). SQLite's single
 //! writer takes one batch at a time; Postgres stores a few at once, each
 //! under its own builds' locks.
 
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{AppError, Result};
+use crate::gather::{ArrivalRate, FLEET};
 use crate::storage::{Storage, TelemetryRequest};
 use crate::wire::TelemetryAnswer;
 
@@ -48,12 +51,17 @@ async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_
     // A batch is taken from the queue only once a store is free, so that
     // requests keep gathering into the next batch while the stores work.
     let stores = Arc::new(Semaphore::new(storage.concurrent_telemetry_stores()));
+    let mut rate = ArrivalRate::new();
     loop {
         let Ok(free) = stores.clone().acquire_owned().await else {
             return;
         };
         let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
-        if queue.recv_many(&mut batch, MAX_REQUESTS_PER_BATCH).await == 0 {
+        let limit = MAX_REQUESTS_PER_BATCH;
+        if !FLEET
+            .take(&mut queue, &mut batch, limit, &mut rate, |_| true)
+            .await
+        {
             return;
         }
         let storage = storage.clone();

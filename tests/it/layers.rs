@@ -7,7 +7,7 @@
 //!   (each a feature; they share only what lies below them);
 //! - foundations: `storage`, `error`, `auth`, `body`, `wire`, `format`,
 //!   `builds`, `stats`, `ledger`, `telemetry`, `cache`, `clock`, `files`,
-//!   `meters`, `verify` (what every domain stands on).
+//!   `meters`, `verify`, `gather` (what every domain stands on).
 //!
 //! A module not listed here fails the test too, so that a new one is
 //! placed on purpose.
@@ -26,7 +26,7 @@ fn layer_of(module: &str) -> Option<Layer> {
         "main" | "lib" | "cli" | "server" | "config" | "site" => Some(Layer::Shell),
         "fleet" | "ingest" | "retention" | "figures" | "app" | "agent" => Some(Layer::Domain),
         "storage" | "error" | "auth" | "body" | "wire" | "format" | "builds" | "stats"
-        | "ledger" | "telemetry" | "cache" | "clock" | "files" | "meters" | "verify" => {
+        | "ledger" | "telemetry" | "cache" | "clock" | "files" | "meters" | "verify" | "gather" => {
             Some(Layer::Foundation)
         }
         _ => None,

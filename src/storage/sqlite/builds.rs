@@ -4,7 +4,8 @@
 use futures::FutureExt;
 use sqlx::SqliteConnection;
 
-use super::figures::{apply_ledger, record_queue_wait};
+use super::figures::{apply_ledger, push_ledger, push_queue_wait};
+use super::script::Script;
 use super::Database;
 use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
@@ -53,54 +54,47 @@ pub(super) async fn load_attempts(
     .await?)
 }
 
-/// Writes what a transition of `build` does, in the caller's transaction.
-async fn apply_transition(
-    conn: &mut SqliteConnection,
-    build: &BuildRow,
-    change: &Transition,
-    now: i64,
-) -> Result<()> {
+/// Adds to `script` what a transition of `build` writes: the build, its
+/// attempts and the ledger, in the caller's transaction.
+fn push_transition(script: &mut Script, build: &BuildRow, change: &Transition, now: i64) {
     let after = &change.build;
-    sqlx::query(
-        "UPDATE builds SET status = ?, attempt = ?, worker_id = ?, assigned_at = ?, started_at = ?,
-         completed_at = ?, error = ? WHERE id = ?",
-    )
-    .bind(after.status)
-    .bind(after.attempt)
-    .bind(after.worker_id)
-    .bind(after.assigned_at)
-    .bind(after.started_at)
-    .bind(after.completed_at)
-    .bind(&after.error)
-    .bind(build.id)
-    .execute(&mut *conn)
-    .await?;
-    if let Some(how) = change.ends_attempt {
-        sqlx::query(
-            "UPDATE attempts SET ended_at = ?, outcome = ?
-             WHERE build_id = ? AND attempt = ? AND ended_at IS NULL",
+    script
+        .push(
+            "UPDATE builds SET status = ?, attempt = ?, worker_id = ?, assigned_at = ?,
+             started_at = ?, completed_at = ?, error = ? WHERE id = ?",
         )
-        .bind(now)
-        .bind(how)
-        .bind(build.id)
-        .bind(build.attempt)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if change.starts_attempt {
-        sqlx::query(
-            "INSERT INTO attempts (build_id, attempt, worker_id, assigned_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (build_id, attempt) DO UPDATE
-             SET worker_id = excluded.worker_id, assigned_at = excluded.assigned_at",
-        )
-        .bind(build.id)
+        .bind(after.status)
         .bind(after.attempt)
         .bind(after.worker_id)
         .bind(after.assigned_at)
-        .execute(&mut *conn)
-        .await?;
+        .bind(after.started_at)
+        .bind(after.completed_at)
+        .bind(after.error.clone())
+        .bind(build.id);
+    if let Some(how) = change.ends_attempt {
+        script
+            .push(
+                "UPDATE attempts SET ended_at = ?, outcome = ?
+                 WHERE build_id = ? AND attempt = ? AND ended_at IS NULL",
+            )
+            .bind(now)
+            .bind(how)
+            .bind(build.id)
+            .bind(build.attempt);
     }
-    apply_ledger(conn, &change.ledger).await
+    if change.starts_attempt {
+        script
+            .push(
+                "INSERT INTO attempts (build_id, attempt, worker_id, assigned_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (build_id, attempt) DO UPDATE
+                 SET worker_id = excluded.worker_id, assigned_at = excluded.assigned_at",
+            )
+            .bind(build.id)
+            .bind(after.attempt)
+            .bind(after.worker_id)
+            .bind(after.assigned_at);
+    }
+    push_ledger(script, &change.ledger);
 }
 
 impl Database {
@@ -153,32 +147,36 @@ impl Database {
     /// it, counting its queue wait when this is its first assignment. The
     /// single writer makes the claim atomic.
     pub async fn claim(&self, worker_id: i64, now: i64) -> Result<Option<Claim>> {
+        // Everything that can refuse happens before the first write.
         self.writer
-            .write(move |conn| {
+            .write_checked(move |conn| {
                 async move {
-                    let id: Option<i64> = sqlx::query_scalar(
-                        "SELECT id FROM builds
-                         WHERE status = 'pending' AND platform IN
-                           (SELECT value FROM json_each((SELECT platforms FROM workers WHERE id = ?)))
-                         ORDER BY id LIMIT 1",
-                    )
+                    let build: Option<BuildRow> = sqlx::query_as(&format!(
+                        "SELECT {BUILD_COLUMNS} FROM builds WHERE id =
+                           (SELECT id FROM builds
+                            WHERE status = 'pending' AND platform IN
+                              (SELECT value FROM json_each(
+                                 (SELECT platforms FROM workers WHERE id = ?)))
+                            ORDER BY id LIMIT 1)"
+                    ))
                     .bind(worker_id)
                     .fetch_optional(&mut *conn)
                     .await?;
-                    let Some(id) = id else { return Ok(None) };
-                    let build = load_build(conn, id).await?;
+                    let Some(build) = build else { return Ok(None) };
                     let change = transition(&build, &Event::Claim { worker_id }, now)
                         .map_err(refusal_error)?;
-                    apply_transition(conn, &build, &change, now).await?;
+                    let mut script = Script::default();
+                    push_transition(&mut script, &build, &change, now);
                     if let Some(wait) =
                         queue_wait::first_wait(change.build.attempt, build.submitted_at, now)
                     {
-                        record_queue_wait(conn, now, wait).await?;
+                        push_queue_wait(&mut script, now, wait);
                     }
-                                        Ok(Some(Claim {
+                    script.run(conn).await?;
+                    Ok(Some(Claim {
                         submitted_at: build.submitted_at,
                         build: ClaimedBuild {
-                            id,
+                            id: build.id,
                             platform: build.platform,
                             label: build.label,
                             attempt: change.build.attempt,
@@ -198,8 +196,9 @@ impl Database {
         now: i64,
         decide: ChangeDecision,
     ) -> Result<BuildRow> {
+        // `decide` and the transition refuse before the first write.
         self.writer
-            .write(move |conn| {
+            .write_checked(move |conn| {
                 async move {
                     let build = load_build(conn, id).await?;
                     let attempts = load_attempts(conn, &[id]).await?;
@@ -208,8 +207,10 @@ impl Database {
                     };
                     match transition(&build, &event, now) {
                         Ok(change) => {
-                            apply_transition(conn, &build, &change, now).await?;
-                            load_build(conn, id).await
+                            let mut script = Script::default();
+                            push_transition(&mut script, &build, &change, now);
+                            script.run(conn).await?;
+                            Ok(build.after(&change.build))
                         }
                         Err(Refusal::AlreadyThere) => Ok(build),
                         Err(refusal) => Err(refusal_error(refusal)),
@@ -235,11 +236,13 @@ impl Database {
                     .bind(silent_since)
                     .fetch_all(&mut *conn)
                     .await?;
+                    let mut script = Script::default();
                     for build in &lost {
                         let change =
                             transition(build, &Event::LeaseLost, now).map_err(refusal_error)?;
-                        apply_transition(conn, build, &change, now).await?;
+                        push_transition(&mut script, build, &change, now);
                     }
+                    script.run(conn).await?;
                     Ok(lost)
                 }
                 .boxed()

@@ -3,6 +3,7 @@
 
 use sqlx::SqliteConnection;
 
+use super::script::Script;
 use super::Database;
 use crate::error::Result;
 use crate::ledger::{DayDelta, LedgerDelta, TotalsDelta};
@@ -12,63 +13,60 @@ use crate::storage::{DailyRow, FiguresRow, StoredFigures};
 /// Applies `delta` to the running totals and its day, inside the caller's
 /// transaction.
 pub(super) async fn apply_ledger(conn: &mut SqliteConnection, delta: &LedgerDelta) -> Result<()> {
+    let mut script = Script::default();
+    push_ledger(&mut script, delta);
+    script.run(conn).await
+}
+
+/// Adds to `script` what applies `delta` to the running totals and its day.
+pub(super) fn push_ledger(script: &mut Script, delta: &LedgerDelta) {
     if delta.totals != TotalsDelta::default() {
         let t = delta.totals;
-        sqlx::query(
-            "UPDATE totals SET builds_pending = builds_pending + ?, builds_active = builds_active + ?,
-             builds_finished = builds_finished + ?, build_time_ms = build_time_ms + ?,
-             cpu_micros = cpu_micros + ? WHERE id = 1",
-        )
-        .bind(t.pending)
-        .bind(t.active)
-        .bind(t.finished)
-        .bind(t.build_time_ms)
-        .bind(t.cpu_micros)
-        .execute(&mut *conn)
-        .await?;
-    }
-    match delta.day {
-        Some((day, change)) if change != DayDelta::default() => {
-            sqlx::query(
-                "INSERT INTO daily (day, builds_finished, builds_failed, build_time_ms, cpu_micros)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (day) DO UPDATE SET builds_finished = builds_finished + ?2,
-                 builds_failed = builds_failed + ?3, build_time_ms = build_time_ms + ?4,
-                 cpu_micros = cpu_micros + ?5",
+        script
+            .push(
+                "UPDATE totals SET builds_pending = builds_pending + ?,
+                 builds_active = builds_active + ?, builds_finished = builds_finished + ?,
+                 build_time_ms = build_time_ms + ?, cpu_micros = cpu_micros + ? WHERE id = 1",
             )
-            .bind(day)
-            .bind(change.finished)
-            .bind(change.failed)
-            .bind(change.build_time_ms)
-            .bind(change.cpu_micros)
-            .execute(&mut *conn)
-            .await?;
-            Ok(())
+            .bind(t.pending)
+            .bind(t.active)
+            .bind(t.finished)
+            .bind(t.build_time_ms)
+            .bind(t.cpu_micros);
+    }
+    if let Some((day, change)) = delta.day {
+        if change != DayDelta::default() {
+            script
+                .push(
+                    "INSERT INTO daily (day, builds_finished, builds_failed, build_time_ms, cpu_micros)
+                     VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (day) DO UPDATE SET
+                       builds_finished = builds_finished + excluded.builds_finished,
+                       builds_failed = builds_failed + excluded.builds_failed,
+                       build_time_ms = build_time_ms + excluded.build_time_ms,
+                       cpu_micros = cpu_micros + excluded.cpu_micros",
+                )
+                .bind(day)
+                .bind(change.finished)
+                .bind(change.failed)
+                .bind(change.build_time_ms)
+                .bind(change.cpu_micros);
         }
-        _ => Ok(()),
     }
 }
 
-/// Counts one first assignment at `now` with queue wait `wait_ms`, and
-/// drops the minutes that left the window, inside the claim's transaction.
-pub(super) async fn record_queue_wait(
-    conn: &mut SqliteConnection,
-    now: i64,
-    wait_ms: i64,
-) -> Result<()> {
-    sqlx::query("DELETE FROM queue_wait_slots WHERE slot < ?")
+/// Adds to `script` the count of one first assignment at `now` with queue
+/// wait `wait_ms`, and the removal of the minutes that left the window.
+pub(super) fn push_queue_wait(script: &mut Script, now: i64, wait_ms: i64) {
+    script
+        .push("DELETE FROM queue_wait_slots WHERE slot < ?")
         .bind(queue_wait::first_slot(now))
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO queue_wait_slots (slot, bucket, builds) VALUES (?, ?, 1)
-         ON CONFLICT (slot, bucket) DO UPDATE SET builds = builds + 1",
-    )
-    .bind(queue_wait::slot_of(now))
-    .bind(queue_wait::bucket_of(wait_ms))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+        .push(
+            "INSERT INTO queue_wait_slots (slot, bucket, builds) VALUES (?, ?, 1)
+             ON CONFLICT (slot, bucket) DO UPDATE SET builds = builds + 1",
+        )
+        .bind(queue_wait::slot_of(now))
+        .bind(queue_wait::bucket_of(wait_ms));
 }
 
 impl Database {

@@ -14,7 +14,8 @@ use futures::FutureExt;
 use sqlx::SqliteConnection;
 
 use super::builds::{load_attempts, load_builds};
-use super::figures::apply_ledger;
+use super::figures::push_ledger;
+use super::script::Script;
 use super::Database;
 use crate::error::Result;
 use crate::storage::TelemetryRequest;
@@ -29,16 +30,17 @@ const ROWS_PER_INSERT: usize = 250;
 const BUILDS_PER_UPDATE: usize = 250;
 
 impl Database {
-    /// Stores the requests as one writer job. Every refusal happens before
-    /// the job's first write, and a database error fails the whole group
-    /// (see [`super::Writer::write_checked`]).
+    /// Stores the requests as one writer job, which the batcher gathered
+    /// already. Every refusal happens before the job's first write, and a
+    /// database error fails the whole group (see
+    /// [`super::Writer::write_checked`]).
     pub async fn store_telemetry(
         &self,
         requests: Vec<TelemetryRequest>,
         grace_ms: i64,
     ) -> Result<Vec<Result<TelemetryAnswer>>> {
         self.writer
-            .write_checked(move |conn| store_batch(conn, requests, grace_ms).boxed())
+            .write_gathered(move |conn| store_batch(conn, requests, grace_ms).boxed())
             .await
     }
 
@@ -85,17 +87,19 @@ async fn store_batch(
     plan.drop_tombstoned(&tombstoned);
     let stored = insert_samples(conn, &plan.candidates).await?;
     let settled = plan.settle(&stored);
-    update_attempts(conn, &settled.attempts).await?;
-    update_builds(conn, &settled.builds).await?;
+    let mut script = Script::default();
+    push_attempt_updates(&mut script, &settled.attempts);
+    push_build_updates(&mut script, &settled.builds);
     for delta in &settled.ledger {
-        apply_ledger(conn, delta).await?;
+        push_ledger(&mut script, delta);
     }
+    script.run(conn).await?;
     Ok(settled.answers)
 }
 
-/// Writes the changed builds' figures: one statement per
+/// Adds the changed builds' figures to `script`: one statement per
 /// [`BUILDS_PER_UPDATE`] builds.
-async fn update_builds(conn: &mut SqliteConnection, builds: &[BuildUpdate]) -> Result<()> {
+fn push_build_updates(script: &mut Script, builds: &[BuildUpdate]) {
     for chunk in builds.chunks(BUILDS_PER_UPDATE) {
         let mut sql = String::from(
             "UPDATE builds SET cpu_micros = cpu_micros + v.column2,
@@ -107,9 +111,9 @@ async fn update_builds(conn: &mut SqliteConnection, builds: &[BuildUpdate]) -> R
         );
         push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?)");
         sql.push_str(") AS v WHERE builds.id = v.column1");
-        let mut query = sqlx::query(&sql);
+        script.push(&sql);
         for build in chunk {
-            query = query
+            script
                 .bind(build.id)
                 .bind(build.cpu_delta)
                 .bind(build.peak_memory_mb)
@@ -118,14 +122,12 @@ async fn update_builds(conn: &mut SqliteConnection, builds: &[BuildUpdate]) -> R
                 .bind(build.newest.map(|n| n.1))
                 .bind(build.first_received);
         }
-        query.execute(&mut *conn).await?;
     }
-    Ok(())
 }
 
-/// Writes the changed attempts' CPU accounting: one statement per
+/// Adds the changed attempts' CPU accounting to `script`: one statement per
 /// [`BUILDS_PER_UPDATE`] attempts.
-async fn update_attempts(conn: &mut SqliteConnection, attempts: &[AttemptUpdate]) -> Result<()> {
+fn push_attempt_updates(script: &mut Script, attempts: &[AttemptUpdate]) {
     for chunk in attempts.chunks(BUILDS_PER_UPDATE) {
         let mut sql = String::from(
             "UPDATE attempts SET cpu_percent_micros = v.column3, cpu_counter_micros = v.column4
@@ -133,17 +135,15 @@ async fn update_attempts(conn: &mut SqliteConnection, attempts: &[AttemptUpdate]
         );
         push_rows(&mut sql, chunk.len(), "(?,?,?,?)");
         sql.push_str(") AS v WHERE attempts.build_id = v.column1 AND attempts.attempt = v.column2");
-        let mut query = sqlx::query(&sql);
+        script.push(&sql);
         for attempt in chunk {
-            query = query
+            script
                 .bind(attempt.build_id)
                 .bind(attempt.attempt)
                 .bind(attempt.cpu.percent_micros)
                 .bind(attempt.cpu.counter_micros);
         }
-        query.execute(&mut *conn).await?;
     }
-    Ok(())
 }
 
 fn push_rows(sql: &mut String, rows: usize, row: &str) {
