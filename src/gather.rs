@@ -6,18 +6,25 @@
 //! statements, its commit, the thread hand-offs around them). Waiting a few
 //! milliseconds for company lets those requests share one.
 //!
-//! Waiting is only worth it when company is coming. A closed loop (64
-//! connections each waiting for its answer before it sends again) brings
-//! nothing new while its requests wait, so a fixed window would only slow it
-//! down. So the gatherer waits only when
-//! - the queue held fewer than [`Gather::enough`] requests when it was taken
-//!   (a busy queue already shares its commits);
+//! Waiting is only worth it when company is coming and would not come
+//! anyway. A closed loop (64 connections each waiting for its answer before
+//! it sends again) brings nothing new while its requests wait, and a busy
+//! queue fills while the previous commit runs. So the gatherer waits only
+//! when
+//! - the queue held less than [`Gather::enough`] work when it was taken (a
+//!   1000-sample batch is enough on its own);
 //! - the arrival rate over the last second promises at least two more
 //!   requests within the window;
+//! - the same rate fills less than [`Gather::natural`] requests into the
+//!   queue during one store (measured): past that, commits are shared
+//!   without waiting;
+//! - the requests come from different clients (a caller that knows who sent
+//!   them reports how often the same one came back within one batch): a
+//!   client that is back before its neighbours is one waiting on its last
+//!   answer, a closed loop, which every ms of waiting slows down;
 //!
-//! and it stops waiting at the window's end, once [`Gather::enough`] have
-//! gathered, or when no request arrived during a quiet gap (the closed
-//! loop's burst is over).
+//! and it stops waiting at the window's end, once [`Gather::enough`] work
+//! has gathered, or when no request arrived during a quiet gap.
 
 use std::time::Duration;
 
@@ -29,8 +36,11 @@ use tokio::time::Instant;
 pub struct Gather {
     /// Longest a request waits for others.
     pub window: Duration,
-    /// Requests that are worth a commit of their own.
+    /// Work (in the caller's units) that is worth a commit of its own.
     pub enough: usize,
+    /// Requests arriving during one store above which commits are shared
+    /// without waiting.
+    pub natural: f64,
     /// No arrival during this long ends the wait; it is also how often the
     /// waiting batch looks at its queue.
     pub quiet_gap: Duration,
@@ -42,23 +52,35 @@ pub struct Gather {
 pub const FLEET: Gather = Gather {
     window: Duration::from_millis(10),
     enough: 32,
+    natural: 8.0,
     quiet_gap: Duration::from_millis(3),
 };
 
-/// Counts arrivals to estimate the rate of the last whole second.
+/// Requests per client in a batch below which its clients are taken to be
+/// independent of each other (a fleet), not a closed loop.
+const MOSTLY_DISTINCT: f64 = 1.5;
+
+/// What the gatherer has seen of its queue: the arrival rate of the last
+/// whole second, and how long a store takes (moving average).
 #[derive(Debug)]
-pub struct ArrivalRate {
+pub struct Arrivals {
     since: Instant,
     arrivals: u64,
     per_second: f64,
+    store_seconds: f64,
+    /// Requests per distinct client in recent batches (moving average); 1
+    /// when the caller does not know its clients.
+    repeats: f64,
 }
 
-impl ArrivalRate {
-    pub fn new() -> ArrivalRate {
-        ArrivalRate {
+impl Arrivals {
+    pub fn new() -> Arrivals {
+        Arrivals {
             since: Instant::now(),
             arrivals: 0,
             per_second: 0.0,
+            store_seconds: 0.0,
+            repeats: 1.0,
         }
     }
 
@@ -72,53 +94,70 @@ impl ArrivalRate {
         }
     }
 
+    /// Reports how long one store (a commit of what was taken) took.
+    pub fn stored(&mut self, took: Duration) {
+        const WEIGHT: f64 = 0.1;
+        self.store_seconds += WEIGHT * (took.as_secs_f64() - self.store_seconds);
+    }
+
+    /// Reports how many requests a batch held and from how many clients.
+    pub fn clients(&mut self, requests: usize, clients: usize) {
+        const WEIGHT: f64 = 0.1;
+        if requests > 0 && clients > 0 {
+            let repeats = requests as f64 / clients as f64;
+            self.repeats += WEIGHT * (repeats - self.repeats);
+        }
+    }
+
     /// Arrivals per second over the last whole second (or more) measured.
     pub fn per_second(&self) -> f64 {
         self.per_second
     }
 }
 
-impl Default for ArrivalRate {
+impl Default for Arrivals {
     fn default() -> Self {
-        ArrivalRate::new()
+        Arrivals::new()
     }
 }
 
 impl Gather {
-    /// Whether a queue that held `taken` requests should wait for company.
-    pub fn worth_waiting(&self, taken: usize, rate: &ArrivalRate) -> bool {
-        taken < self.enough && rate.per_second() * self.window.as_secs_f64() >= 2.0
+    /// Whether a queue taken with `work` should wait for company.
+    pub fn worth_waiting(&self, work: usize, seen: &Arrivals) -> bool {
+        work < self.enough
+            && seen.per_second * self.window.as_secs_f64() >= 2.0
+            && seen.per_second * seen.store_seconds < self.natural
+            && seen.repeats < MOSTLY_DISTINCT
     }
 
-    /// Waits for the next requests until `batch` holds `limit` (or more).
-    /// Returns false once the queue is closed and drained.
+    /// Takes the next requests into `batch`, at most `limit`. Returns false
+    /// once the queue is closed and drained.
     ///
     /// Takes at least one request (waiting for it), then, when
-    /// [`Gather::worth_waiting`], more as they come, while `keep_waiting`
-    /// says the batch so far may wait (a job that was itself gathered
-    /// elsewhere should not wait twice).
+    /// [`Gather::worth_waiting`], more as they come, until their `work`
+    /// adds up to [`Gather::enough`].
     pub async fn take<T>(
         &self,
         queue: &mut mpsc::Receiver<T>,
         batch: &mut Vec<T>,
         limit: usize,
-        rate: &mut ArrivalRate,
-        keep_waiting: impl Fn(&[T]) -> bool,
+        seen: &mut Arrivals,
+        work: impl Fn(&T) -> usize,
     ) -> bool {
         if queue.recv_many(batch, limit).await == 0 {
             return false;
         }
         let start = Instant::now();
-        rate.record(batch.len(), start);
-        if !self.worth_waiting(batch.len(), rate) || !keep_waiting(batch) {
+        seen.record(batch.len(), start);
+        let mut gathered: usize = batch.iter().map(&work).sum();
+        if !self.worth_waiting(gathered, seen) {
             return true;
         }
         // The wait looks at the queue once per quiet gap instead of being
         // woken by every arrival: at fleet rates those wake-ups (a parked
         // thread each) cost more than the requests' own work.
         let deadline = start + self.window;
-        let limit = limit.max(1);
-        while batch.len() < self.enough.min(limit) {
+        while gathered < self.enough && batch.len() < limit {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -127,13 +166,15 @@ impl Gather {
             let before = batch.len();
             while batch.len() < limit {
                 match queue.try_recv() {
-                    Ok(item) => batch.push(item),
+                    Ok(item) => {
+                        gathered += work(&item);
+                        batch.push(item);
+                    }
                     Err(_) => break,
                 }
             }
-            let arrived = batch.len() - before;
-            rate.record(arrived, Instant::now());
-            if arrived == 0 || !keep_waiting(&batch[before..]) {
+            seen.record(batch.len() - before, Instant::now());
+            if batch.len() == before {
                 break;
             }
         }
@@ -145,70 +186,92 @@ impl Gather {
 mod tests {
     use super::*;
 
-    fn busy_rate(per_second: f64) -> ArrivalRate {
-        ArrivalRate {
+    fn seen(per_second: f64, store: Duration) -> Arrivals {
+        Arrivals {
             since: Instant::now(),
             arrivals: 0,
             per_second,
+            store_seconds: store.as_secs_f64(),
+            repeats: 1.0,
         }
     }
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn waits_only_for_company_that_is_coming() {
-        // 2,000/s: 20 expected in 10 ms.
-        assert!(FLEET.worth_waiting(1, &busy_rate(2_000.0)));
-        // A busy queue already shares its commits.
-        assert!(!FLEET.worth_waiting(32, &busy_rate(2_000.0)));
+    fn waits_only_for_company_that_would_not_come_anyway() {
+        // A fleet: 2,000/s, 1 ms stores: 20 expected in 10 ms, 2 per store.
+        assert!(FLEET.worth_waiting(1, &seen(2_000.0, MS)));
+        // Enough work already (a 1000-sample batch).
+        assert!(!FLEET.worth_waiting(32, &seen(2_000.0, MS)));
         // One lonely worker should not wait for nobody.
-        assert!(!FLEET.worth_waiting(1, &busy_rate(10.0)));
+        assert!(!FLEET.worth_waiting(1, &seen(10.0, MS)));
+        // A closed loop of 64 connections: 14,000/s, 4 ms stores: 56 arrive
+        // during each store, so commits are shared without waiting.
+        assert!(!FLEET.worth_waiting(3, &seen(14_000.0, 4 * MS)));
+        // A closed loop of 64 connections on 8 builds, with short stores:
+        // each build is back eight times per batch.
+        let mut closed = seen(12_000.0, Duration::from_micros(300));
+        assert!(FLEET.worth_waiting(3, &closed));
+        for _ in 0..30 {
+            closed.clients(64, 8);
+        }
+        assert!(!FLEET.worth_waiting(3, &closed));
+    }
+
+    #[test]
+    fn the_store_time_is_a_moving_average() {
+        let mut seen = seen(0.0, Duration::ZERO);
+        for _ in 0..100 {
+            seen.stored(4 * MS);
+        }
+        assert!((seen.store_seconds - 0.004).abs() < 0.0001);
+    }
+
+    async fn take_all(queue: &mut mpsc::Receiver<usize>, seen: &mut Arrivals) -> Vec<usize> {
+        let mut batch = Vec::new();
+        assert!(FLEET.take(queue, &mut batch, 64, seen, |_| 1).await);
+        batch
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_spread_out_stream_shares_one_take() {
         let (sender, mut queue) = mpsc::channel(64);
-        let mut rate = busy_rate(2_000.0);
+        let mut seen = seen(2_000.0, MS);
         tokio::spawn(async move {
             for i in 0..10 {
                 let _ = sender.send(i).await;
                 tokio::time::sleep(Duration::from_micros(500)).await;
             }
         });
-        let mut batch = Vec::new();
-        assert!(
-            FLEET
-                .take(&mut queue, &mut batch, 64, &mut rate, |_| true)
-                .await
+        assert_eq!(
+            take_all(&mut queue, &mut seen).await,
+            (0..10).collect::<Vec<_>>()
         );
-        assert_eq!(batch, (0..10).collect::<Vec<_>>());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_gap_ends_the_wait() {
         let (sender, mut queue) = mpsc::channel(64);
-        let mut rate = busy_rate(2_000.0);
+        let mut seen = seen(2_000.0, MS);
         sender.send(1).await.expect("send");
         let started = Instant::now();
-        let mut batch = Vec::new();
-        assert!(
-            FLEET
-                .take(&mut queue, &mut batch, 64, &mut rate, |_| true)
-                .await
-        );
-        assert_eq!(batch, vec![1]);
-        assert!(started.elapsed() <= FLEET.quiet_gap + Duration::from_millis(1));
+        assert_eq!(take_all(&mut queue, &mut seen).await, vec![1]);
+        assert!(started.elapsed() <= FLEET.quiet_gap + MS);
         drop(sender);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_job_gathered_elsewhere_does_not_wait() {
+    async fn enough_work_does_not_wait() {
         let (sender, mut queue) = mpsc::channel(64);
-        let mut rate = busy_rate(2_000.0);
+        let mut seen = seen(2_000.0, MS);
         sender.send(7).await.expect("send");
         let started = Instant::now();
         let mut batch = Vec::new();
+        let work = |item: &usize| if *item == 7 { FLEET.enough } else { 1 };
         assert!(
             FLEET
-                .take(&mut queue, &mut batch, 64, &mut rate, |b| !b.contains(&7))
+                .take(&mut queue, &mut batch, 64, &mut seen, work)
                 .await
         );
         assert_eq!(batch, vec![7]);

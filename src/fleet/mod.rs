@@ -20,6 +20,7 @@ use crate::builds::{is_repeated_release, parse_build_id, BuildStatus, Event};
 use crate::clock::now_ms;
 use crate::error::{AppError, Result};
 use crate::meters::Meters;
+use crate::stats::queue_wait;
 use crate::storage::{ChangeDecision, Claim, NewBuild, NewWorker, Storage, WorkerIdentity};
 use crate::wire::{
     BuildSubmitted, BuildView, CompleteBuild, Heartbeat, PollAnswer, RegisterWorker, SubmitBuild,
@@ -198,10 +199,10 @@ async fn poll(
             submitted_at,
         }) = fleet.storage.claim(worker.id, now).await?
         {
-            // A requeued build's later attempts do not wait for a machine
-            // again as far as the queue-wait figures go.
-            if build.attempt == 1 {
-                meters.first_assignment(now - submitted_at);
+            // The same rule as the stored queue-wait figures: a requeued
+            // build's later attempts do not wait for a machine again.
+            if let Some(wait) = queue_wait::first_wait(build.attempt, submitted_at, now) {
+                meters.first_assignment(wait);
             }
             tracing::info!(
                 build_id = build.id,

@@ -5,13 +5,17 @@
 //! writer takes one batch at a time; Postgres stores a few at once, each
 //! under its own builds' locks.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{AppError, Result};
-use crate::gather::{ArrivalRate, FLEET};
+use crate::gather::{Arrivals, FLEET};
 use crate::storage::{Storage, TelemetryRequest};
+use crate::telemetry::TelemetryBody;
 use crate::wire::TelemetryAnswer;
 
 /// Most requests stored by one job.
@@ -47,26 +51,42 @@ impl TelemetryQueue {
     }
 }
 
+/// What a queued request weighs when gathering: its samples (an event: one).
+fn work(queued: &Queued) -> usize {
+    match &queued.0.body {
+        TelemetryBody::Samples(samples) => samples.len().max(1),
+        TelemetryBody::Event { .. } => 1,
+    }
+}
+
 async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_ms: i64) {
     // A batch is taken from the queue only once a store is free, so that
     // requests keep gathering into the next batch while the stores work.
     let stores = Arc::new(Semaphore::new(storage.concurrent_telemetry_stores()));
-    let mut rate = ArrivalRate::new();
+    let mut seen = Arrivals::new();
+    // Microseconds the last finished store took, for the gatherer.
+    let last_store = Arc::new(AtomicU64::new(0));
     loop {
         let Ok(free) = stores.clone().acquire_owned().await else {
             return;
         };
+        seen.stored(Duration::from_micros(last_store.load(Ordering::Relaxed)));
         let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
         let limit = MAX_REQUESTS_PER_BATCH;
         if !FLEET
-            .take(&mut queue, &mut batch, limit, &mut rate, |_| true)
+            .take(&mut queue, &mut batch, limit, &mut seen, work)
             .await
         {
             return;
         }
+        let builds: HashSet<i64> = batch.iter().map(|queued| queued.0.build_id).collect();
+        seen.clients(batch.len(), builds.len());
         let storage = storage.clone();
+        let last_store = last_store.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             store_batch(&storage, batch, grace_ms).await;
+            last_store.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             drop(free);
         });
     }

@@ -2,12 +2,12 @@
 //! with their ledger delta, and the lease reaper's query.
 
 use futures::FutureExt;
-use sqlx::SqliteConnection;
+use sqlx::{FromRow, Row, SqliteConnection};
 
 use super::figures::{apply_ledger, push_ledger, push_queue_wait};
 use super::script::Script;
 use super::Database;
-use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
+use crate::builds::{transition, AttemptOutcome, AttemptRow, BuildRow, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
 use crate::stats::queue_wait;
@@ -52,6 +52,59 @@ pub(super) async fn load_attempts(
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?)
+}
+
+/// An attempt as [`load_build_and_attempts`] reads it, in
+/// [`AttemptRow`]'s order after `build_id`.
+type AttemptJson = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<AttemptOutcome>,
+    i64,
+    Option<i64>,
+);
+
+/// Loads a build and its attempts in one statement (one round trip to the
+/// connection's thread instead of two); 404 when there is none.
+async fn load_build_and_attempts(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<(BuildRow, Vec<AttemptRow>)> {
+    let row = sqlx::query(&format!(
+        "SELECT {BUILD_COLUMNS},
+           (SELECT json_group_array(json_array(attempt, worker_id, assigned_at, ended_at,
+                     outcome, cpu_percent_micros, cpu_counter_micros))
+            FROM attempts WHERE build_id = builds.id) AS attempts_json
+         FROM builds WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(AppError::unknown_build)?;
+    let build = BuildRow::from_row(&row)?;
+    let attempts: String = row.try_get("attempts_json")?;
+    let attempts: Vec<AttemptJson> = serde_json::from_str(&attempts).map_err(|error| {
+        tracing::error!(%error, build_id = id, "attempts read back as unexpected JSON");
+        AppError::Unavailable
+    })?;
+    let attempts = attempts
+        .into_iter()
+        .map(
+            |(attempt, worker_id, assigned_at, ended_at, outcome, percent, counter)| AttemptRow {
+                build_id: id,
+                attempt,
+                worker_id,
+                assigned_at,
+                ended_at,
+                outcome,
+                cpu_percent_micros: percent,
+                cpu_counter_micros: counter,
+            },
+        )
+        .collect();
+    Ok((build, attempts))
 }
 
 /// Adds to `script` what a transition of `build` writes: the build, its
@@ -200,8 +253,7 @@ impl Database {
         self.writer
             .write_checked(move |conn| {
                 async move {
-                    let build = load_build(conn, id).await?;
-                    let attempts = load_attempts(conn, &[id]).await?;
+                    let (build, attempts) = load_build_and_attempts(conn, id).await?;
                     let Some(event) = decide(&build, &attempts)? else {
                         return Ok(build);
                     };

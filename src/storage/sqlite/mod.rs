@@ -36,7 +36,7 @@ use sqlx::{Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AppError, Result};
-use crate::gather::{ArrivalRate, FLEET};
+use crate::gather::{Arrivals, FLEET};
 
 mod builds;
 mod figures;
@@ -279,16 +279,11 @@ async fn run_writer(
     meters: MetersSlot,
 ) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
-    let mut rate = ArrivalRate::new();
-    let may_wait = |jobs: &[Job]| jobs.iter().all(|job| job.may_wait);
+    let mut seen = Arrivals::new();
+    // A job that gathered its requests already is enough on its own.
+    let work = |job: &Job| if job.may_wait { 1 } else { FLEET.enough };
     while FLEET
-        .take(
-            &mut queue,
-            &mut batch,
-            MAX_JOBS_PER_COMMIT,
-            &mut rate,
-            may_wait,
-        )
+        .take(&mut queue, &mut batch, MAX_JOBS_PER_COMMIT, &mut seen, work)
         .await
     {
         let jobs = batch.len();
@@ -305,6 +300,7 @@ async fn run_writer(
         for deliver in deliveries {
             deliver(committed);
         }
+        seen.stored(started.elapsed());
         if let Some(meters) = meters.get() {
             meters.writer_group(jobs, started.elapsed());
         }
