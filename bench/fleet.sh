@@ -106,6 +106,10 @@ stop_server() {
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$server/stat"; }
 rss_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$server/status"; }
 HZ=$(getconf CLK_TCK)
+# Ticks the hypervisor gave to other guests (steal) and the machine's busy
+# ticks, from /proc/stat: a noisy host shows here, not in our figures.
+steal_ticks() { awk '/^cpu / { print $9 }' /proc/stat; }
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 
 results=()   # one line per size: workers cpu_share rss_kb rss_per_worker_kb total_rps
 for n in $SIZES; do
@@ -128,6 +132,8 @@ for n in $SIZES; do
   log "$n workers: $(head -n1 "$out")"
   t0=$(date +%s.%N)
   c0=$(cpu_ticks)
+  s0=$(steal_ticks)
+  b0=$(busy_ticks)
   if [ -n "${FLEET_PERF:-}" ] && [ "$n" = "${SIZES##* }" ]; then
     perf record -g -F 499 -p "$server" -o "$dir/perf.data" -- sleep "$((SECONDS_EACH / 2))" \
       >"$dir/perf.log" 2>&1 &
@@ -144,6 +150,8 @@ for n in $SIZES; do
   sim=""
   c1=$(cpu_ticks)
   t1=$(date +%s.%N)
+  s1=$(steal_ticks)
+  b1=$(busy_ticks)
   end_rss=$(rss_kb VmRSS)
   if [ -n "$perf_pid" ]; then wait "$perf_pid" 2>/dev/null || true; perf_pid=""; fi
   stats=$(curl -fsS -m 10 "$URL/api/stats")
@@ -180,6 +188,10 @@ for n in $SIZES; do
     "$finished" "$total_builds" "$([ "$finished" = "$total_builds" ] && echo equal || echo DIFFERENT)"
   printf '  samples          sent %s, acknowledged %s, stored %s: %s\n' "$sent" "$acked" "$stored" \
     "$([ "$sent" = "$stored" ] && [ "$acked" = "$stored" ] && echo equal || echo DIFFERENT)"
+  printf '  machine          %s%% of its %d cores busy, %s%% stolen by the host\n' \
+    "$(awk -v d=$((b1 - b0)) -v hz="$HZ" -v w="$window" -v n="$(nproc)" 'BEGIN { printf "%.0f", 100 * d / hz / w / n }')" \
+    "$(nproc)" \
+    "$(awk -v d=$((s1 - s0)) -v hz="$HZ" -v w="$window" -v n="$(nproc)" 'BEGIN { printf "%.1f", 100 * d / hz / w / n }')"
   printf '  simulator        RSS %s KiB, %s KiB per worker\n' "$(jq .peakRssKib <<<"$json")" \
     "$(jq '.peakRssKib / .workers | . * 10 | round / 10' <<<"$json")"
   results+=("$n $cpu $peak_rss $per_worker $rps")
