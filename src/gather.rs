@@ -60,6 +60,16 @@ pub const FLEET: Gather = Gather {
 /// independent of each other (a fleet), not a closed loop.
 const MOSTLY_DISTINCT: f64 = 1.5;
 
+/// The telemetry batcher's gathering: as [`FLEET`] but without the store-time
+/// rule, because a telemetry store's time includes its wait in the SQLite
+/// writer's queue behind a group that is gathering, which made a 10,000
+/// worker fleet look like a busy queue and stop gathering (66% of a core
+/// against 40%). Closed loops are told apart by their repeating builds.
+pub const TELEMETRY: Gather = Gather {
+    natural: f64::INFINITY,
+    ..FLEET
+};
+
 /// What the gatherer has seen of its queue: the arrival rate of the last
 /// whole second, and how long a store takes (moving average).
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{AppError, Result};
-use crate::gather::{Arrivals, FLEET};
+use crate::gather::{Arrivals, TELEMETRY};
 use crate::storage::{Storage, TelemetryRequest};
 use crate::telemetry::TelemetryBody;
 use crate::wire::TelemetryAnswer;
@@ -73,7 +73,7 @@ async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_
         seen.stored(Duration::from_micros(last_store.load(Ordering::Relaxed)));
         let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
         let limit = MAX_REQUESTS_PER_BATCH;
-        if !FLEET
+        if !TELEMETRY
             .take(&mut queue, &mut batch, limit, &mut seen, work)
             .await
         {
