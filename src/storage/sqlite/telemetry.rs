@@ -1,8 +1,8 @@
-//! Storing telemetry: a batch of requests costs a handful of statements
+//! Storing telemetry: a batch of requests costs a handful of round trips
 //! (one to load the builds and one their attempts, one insert per 250
-//! samples, one update each of the attempts, the builds and the totals),
-//! with the same answers and figures as storing them one by one in arrival
-//! order.
+//! samples, then the updates of the attempts, the builds and the ledger as
+//! one script), with the same answers and figures as storing them one by
+//! one in arrival order.
 //!
 //! Every sqlx statement is a round trip to the connection's thread; stored
 //! one request at a time, 64 connections of single-sample telemetry spent
