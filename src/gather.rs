@@ -106,23 +106,21 @@ impl Arrivals {
 
     /// Reports how long one store (a commit of what was taken) took.
     pub fn stored(&mut self, took: Duration) {
-        const WEIGHT: f64 = 0.1;
-        self.store_seconds += WEIGHT * (took.as_secs_f64() - self.store_seconds);
+        ease(&mut self.store_seconds, took.as_secs_f64());
     }
 
     /// Reports how many requests a batch held and from how many clients.
     pub fn clients(&mut self, requests: usize, clients: usize) {
-        const WEIGHT: f64 = 0.1;
         if requests > 0 && clients > 0 {
-            let repeats = requests as f64 / clients as f64;
-            self.repeats += WEIGHT * (repeats - self.repeats);
+            ease(&mut self.repeats, requests as f64 / clients as f64);
         }
     }
+}
 
-    /// Arrivals per second over the last whole second (or more) measured.
-    pub fn per_second(&self) -> f64 {
-        self.per_second
-    }
+/// Moves a moving average a tenth of the way to `value`.
+fn ease(average: &mut f64, value: f64) {
+    const WEIGHT: f64 = 0.1;
+    *average += WEIGHT * (value - *average);
 }
 
 impl Default for Arrivals {

@@ -6,9 +6,7 @@
 //! under its own builds' locks.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -64,13 +62,10 @@ async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_
     // requests keep gathering into the next batch while the stores work.
     let stores = Arc::new(Semaphore::new(storage.concurrent_telemetry_stores()));
     let mut seen = Arrivals::new();
-    // Microseconds the last finished store took, for the gatherer.
-    let last_store = Arc::new(AtomicU64::new(0));
     loop {
         let Ok(free) = stores.clone().acquire_owned().await else {
             return;
         };
-        seen.stored(Duration::from_micros(last_store.load(Ordering::Relaxed)));
         let mut batch = Vec::with_capacity(MAX_REQUESTS_PER_BATCH);
         let limit = MAX_REQUESTS_PER_BATCH;
         if !TELEMETRY
@@ -82,11 +77,8 @@ async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_
         let builds: HashSet<i64> = batch.iter().map(|queued| queued.0.build_id).collect();
         seen.clients(batch.len(), builds.len());
         let storage = storage.clone();
-        let last_store = last_store.clone();
         tokio::spawn(async move {
-            let started = Instant::now();
             store_batch(&storage, batch, grace_ms).await;
-            last_store.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             drop(free);
         });
     }
