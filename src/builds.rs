@@ -101,6 +101,28 @@ pub enum AttemptOutcome {
     Released,
 }
 
+impl AttemptOutcome {
+    /// Every outcome, for exhaustive tests.
+    pub const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Completed,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Cancelled,
+        AttemptOutcome::Requeued,
+        AttemptOutcome::Released,
+    ];
+
+    /// The name it is stored as.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Requeued => "requeued",
+            AttemptOutcome::Released => "released",
+        }
+    }
+}
+
 /// A build row with the columns the lifecycle and telemetry need.
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]

@@ -50,6 +50,9 @@ pub enum AppError {
     /// 500: a fault of the controller, never of the client.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// 500: as `Database`, from the SQLite writer's own connection.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 impl AppError {
@@ -68,7 +71,9 @@ impl AppError {
             AppError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             AppError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            AppError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            AppError::Database(_) | AppError::Sqlite(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 
@@ -82,8 +87,8 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let error = match &self {
-            AppError::Database(cause) => {
-                tracing::error!(error = %cause, "database error");
+            AppError::Database(_) | AppError::Sqlite(_) => {
+                tracing::error!(error = %self, "database error");
                 "the controller hit an internal error; retry, and report it if it persists"
                     .to_string()
             }

@@ -155,38 +155,110 @@ impl Gather {
         if queue.recv_many(batch, limit).await == 0 {
             return false;
         }
-        let start = Instant::now();
-        seen.record(batch.len(), start);
-        let mut gathered: usize = batch.iter().map(&work).sum();
-        if !self.worth_waiting(gathered, seen) {
-            return true;
-        }
-        // The wait looks at the queue once per quiet gap instead of being
-        // woken by every arrival: at fleet rates those wake-ups (a parked
-        // thread each) cost more than the requests' own work.
-        let deadline = start + self.window;
-        while gathered < self.enough && batch.len() < limit {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            tokio::time::sleep_until(deadline.min(now + self.quiet_gap)).await;
-            let before = batch.len();
-            while batch.len() < limit {
-                match queue.try_recv() {
-                    Ok(item) => {
-                        gathered += work(&item);
-                        batch.push(item);
-                    }
-                    Err(_) => break,
-                }
-            }
-            seen.record(batch.len() - before, Instant::now());
-            if batch.len() == before {
+        let mut round = Round::start(self, batch, seen, &work);
+        while let Some(until) = round.next_look(self, batch.len(), limit) {
+            tokio::time::sleep_until(until).await;
+            if !round.look(queue, batch, limit, seen, &work) {
                 break;
             }
         }
         true
+    }
+
+    /// [`Gather::take`] for a thread of its own, outside the runtime: it
+    /// blocks that thread while it waits.
+    pub fn take_blocking<T>(
+        &self,
+        queue: &mut mpsc::Receiver<T>,
+        batch: &mut Vec<T>,
+        limit: usize,
+        seen: &mut Arrivals,
+        work: impl Fn(&T) -> usize,
+    ) -> bool {
+        let Some(first) = queue.blocking_recv() else {
+            return false;
+        };
+        batch.push(first);
+        drain(queue, batch, limit, &work);
+        let mut round = Round::start(self, batch, seen, &work);
+        while let Some(until) = round.next_look(self, batch.len(), limit) {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            if !round.look(queue, batch, limit, seen, &work) {
+                break;
+            }
+        }
+        true
+    }
+}
+
+/// Moves queued requests into `batch` up to `limit`; returns their work.
+fn drain<T>(
+    queue: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    limit: usize,
+    work: impl Fn(&T) -> usize,
+) -> usize {
+    let mut gathered = 0;
+    while batch.len() < limit {
+        match queue.try_recv() {
+            Ok(item) => {
+                gathered += work(&item);
+                batch.push(item);
+            }
+            Err(_) => break,
+        }
+    }
+    gathered
+}
+
+/// One batch's wait for company, once its first requests are taken.
+struct Round {
+    deadline: Instant,
+    gathered: usize,
+    waiting: bool,
+}
+
+impl Round {
+    fn start<T>(
+        gather: &Gather,
+        batch: &[T],
+        seen: &mut Arrivals,
+        work: impl Fn(&T) -> usize,
+    ) -> Round {
+        let start = Instant::now();
+        seen.record(batch.len(), start);
+        let gathered = batch.iter().map(work).sum();
+        Round {
+            deadline: start + gather.window,
+            gathered,
+            waiting: gather.worth_waiting(gathered, seen),
+        }
+    }
+
+    /// When to look at the queue next; None once the batch should go.
+    ///
+    /// The wait looks at the queue once per quiet gap instead of being
+    /// woken by every arrival: at fleet rates those wake-ups (a parked
+    /// thread each) cost more than the requests' own work.
+    fn next_look(&self, gather: &Gather, taken: usize, limit: usize) -> Option<Instant> {
+        let now = Instant::now();
+        (self.waiting && self.gathered < gather.enough && taken < limit && now < self.deadline)
+            .then(|| self.deadline.min(now + gather.quiet_gap))
+    }
+
+    /// Takes what arrived since the last look; false when nothing did.
+    fn look<T>(
+        &mut self,
+        queue: &mut mpsc::Receiver<T>,
+        batch: &mut Vec<T>,
+        limit: usize,
+        seen: &mut Arrivals,
+        work: impl Fn(&T) -> usize,
+    ) -> bool {
+        let before = batch.len();
+        self.gathered += drain(queue, batch, limit, work);
+        seen.record(batch.len() - before, Instant::now());
+        batch.len() > before
     }
 }
 

@@ -104,7 +104,7 @@ pub async fn run_retention(state: RetentionState) {
 pub async fn purge(database_url: &str, retention_days: u32) -> Result<u64> {
     crate::storage::purge(
         database_url,
-        |now| cutoff(now, retention_days),
+        move |now| cutoff(now, retention_days),
         PURGE_GRACE_MS,
     )
     .await

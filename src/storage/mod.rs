@@ -154,6 +154,9 @@ pub enum OpenError {
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite writer's own connection could not be opened.
+    #[error("database writer: {0}")]
+    Writer(#[from] rusqlite::Error),
 }
 
 /// Checks that `url` names a backend this controller serves, before anything
@@ -494,7 +497,11 @@ pub(crate) fn refusal_error(refusal: crate::builds::Refusal) -> crate::error::Ap
 
 /// `freeagent purge`: retention on the database at `url` without a
 /// controller, batch by batch; `cutoff_at` gives the cutoff for a time.
-pub async fn purge(url: &str, cutoff_at: impl Fn(i64) -> i64, grace_ms: i64) -> Result<u64> {
+pub async fn purge(
+    url: &str,
+    cutoff_at: impl Fn(i64) -> i64 + Send + 'static,
+    grace_ms: i64,
+) -> Result<u64> {
     check_url(url).map_err(|e| crate::error::AppError::BadRequest(e.to_string()))?;
     if postgres::is_postgres_url(url) {
         postgres::purge_database(url, cutoff_at, grace_ms).await

@@ -1,110 +1,41 @@
 //! Builds and their attempts: submission, the atomic claim, transitions
 //! with their ledger delta, and the lease reaper's query.
 
-use futures::FutureExt;
-use sqlx::{FromRow, Row, SqliteConnection};
+use rusqlite::{params, OptionalExtension};
 
-use super::figures::{apply_ledger, push_ledger, push_queue_wait};
+use super::figures::{push_ledger, push_queue_wait};
+use super::rows::{attempt_row, build_row, ATTEMPT_COLUMNS, BUILD_COLUMNS};
 use super::script::Script;
 use super::Database;
-use crate::builds::{transition, AttemptOutcome, AttemptRow, BuildRow, Event, Refusal, Transition};
+use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
 use crate::stats::queue_wait;
 use crate::storage::{refusal_error, ChangeDecision, Claim, NewBuild};
 use crate::wire::ClaimedBuild;
 
-const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt, submitted_at,
-    assigned_at, started_at, completed_at, error, token_hash, cpu_micros,
-    peak_memory_mb, snapshot_count, newest_sampled_at, has_tombstones";
-
-/// Loads a build; 404 when there is none.
-pub(super) async fn load_build(conn: &mut SqliteConnection, id: i64) -> Result<BuildRow> {
-    sqlx::query_as::<_, BuildRow>(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(AppError::unknown_build)
-}
-
-/// Loads the builds among `ids` that exist.
-pub(super) async fn load_builds(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<BuildRow>> {
+/// The builds among `ids` that exist, read by the writer.
+pub(super) fn load_builds(conn: &rusqlite::Connection, ids: &[i64]) -> Result<Vec<BuildRow>> {
     let ids = serde_json::to_string(ids).map_err(|_| AppError::Unavailable)?;
-    Ok(sqlx::query_as::<_, BuildRow>(&format!(
+    let mut statement = conn.prepare_cached(&format!(
         "SELECT {BUILD_COLUMNS} FROM builds WHERE id IN (SELECT value FROM json_each(?))"
-    ))
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?)
+    ))?;
+    let builds = statement
+        .query_map([ids], build_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(builds)
 }
 
-/// Loads every attempt of the builds among `ids`.
-pub(super) async fn load_attempts(
-    conn: &mut SqliteConnection,
-    ids: &[i64],
-) -> Result<Vec<AttemptRow>> {
+/// Every attempt of the builds among `ids`, read by the writer.
+pub(super) fn load_attempts(conn: &rusqlite::Connection, ids: &[i64]) -> Result<Vec<AttemptRow>> {
     let ids = serde_json::to_string(ids).map_err(|_| AppError::Unavailable)?;
-    Ok(sqlx::query_as::<_, AttemptRow>(
-        "SELECT build_id, attempt, worker_id, assigned_at, ended_at, outcome,
-                cpu_percent_micros, cpu_counter_micros
-         FROM attempts WHERE build_id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?)
-}
-
-/// An attempt as [`load_build_and_attempts`] reads it, in
-/// [`AttemptRow`]'s order after `build_id`.
-type AttemptJson = (
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<AttemptOutcome>,
-    i64,
-    Option<i64>,
-);
-
-/// Loads a build and its attempts in one statement (one round trip to the
-/// connection's thread instead of two); 404 when there is none.
-async fn load_build_and_attempts(
-    conn: &mut SqliteConnection,
-    id: i64,
-) -> Result<(BuildRow, Vec<AttemptRow>)> {
-    let row = sqlx::query(&format!(
-        "SELECT {BUILD_COLUMNS},
-           (SELECT json_group_array(json_array(attempt, worker_id, assigned_at, ended_at,
-                     outcome, cpu_percent_micros, cpu_counter_micros))
-            FROM attempts WHERE build_id = builds.id) AS attempts_json
-         FROM builds WHERE id = ?"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(AppError::unknown_build)?;
-    let build = BuildRow::from_row(&row)?;
-    let attempts: String = row.try_get("attempts_json")?;
-    let attempts: Vec<AttemptJson> = serde_json::from_str(&attempts).map_err(|error| {
-        tracing::error!(%error, build_id = id, "attempts read back as unexpected JSON");
-        AppError::Unavailable
-    })?;
-    let attempts = attempts
-        .into_iter()
-        .map(
-            |(attempt, worker_id, assigned_at, ended_at, outcome, percent, counter)| AttemptRow {
-                build_id: id,
-                attempt,
-                worker_id,
-                assigned_at,
-                ended_at,
-                outcome,
-                cpu_percent_micros: percent,
-                cpu_counter_micros: counter,
-            },
-        )
-        .collect();
-    Ok((build, attempts))
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE build_id IN (SELECT value FROM json_each(?))"
+    ))?;
+    let attempts = statement
+        .query_map([ids], attempt_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(attempts)
 }
 
 /// Adds to `script` what a transition of `build` writes: the build, its
@@ -155,25 +86,28 @@ impl Database {
     pub async fn submit_build(&self, build: NewBuild) -> Result<i64> {
         self.writer
             .write(move |conn| {
-                async move {
-                    let id: i64 = sqlx::query_scalar(
+                let id: i64 = conn
+                    .prepare_cached(
                         "INSERT INTO builds (status, platform, label, submitted_at, token_hash)
                          VALUES ('pending', ?, ?, ?, ?) RETURNING id",
-                    )
-                    .bind(build.platform)
-                    .bind(build.label)
-                    .bind(build.submitted_at)
-                    .bind(&build.token_hash[..])
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    let totals = TotalsDelta {
-                        pending: 1,
-                        ..TotalsDelta::default()
-                    };
-                    apply_ledger(conn, &LedgerDelta { totals, day: None }).await?;
-                    Ok(id)
-                }
-                .boxed()
+                    )?
+                    .query_row(
+                        params![
+                            build.platform,
+                            build.label,
+                            build.submitted_at,
+                            &build.token_hash[..]
+                        ],
+                        |row| row.get(0),
+                    )?;
+                let totals = TotalsDelta {
+                    pending: 1,
+                    ..TotalsDelta::default()
+                };
+                let mut script = Script::default();
+                push_ledger(&mut script, &LedgerDelta { totals, day: None });
+                script.run(conn)?;
+                Ok(id)
             })
             .await
     }
@@ -192,8 +126,11 @@ impl Database {
 
     /// A build as stored now; 404 when there is none.
     pub async fn build(&self, id: i64) -> Result<BuildRow> {
-        let mut conn = self.reads.acquire().await?;
-        load_build(&mut conn, id).await
+        sqlx::query_as::<_, BuildRow>(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reads)
+            .await?
+            .ok_or_else(AppError::unknown_build)
     }
 
     /// Hands the oldest pending build of one of the worker's platforms to
@@ -203,40 +140,37 @@ impl Database {
         // Everything that can refuse happens before the first write.
         self.writer
             .write_checked(move |conn| {
-                async move {
-                    let build: Option<BuildRow> = sqlx::query_as(&format!(
+                let build = conn
+                    .prepare_cached(&format!(
                         "SELECT {BUILD_COLUMNS} FROM builds WHERE id =
                            (SELECT id FROM builds
                             WHERE status = 'pending' AND platform IN
                               (SELECT value FROM json_each(
                                  (SELECT platforms FROM workers WHERE id = ?)))
                             ORDER BY id LIMIT 1)"
-                    ))
-                    .bind(worker_id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    let Some(build) = build else { return Ok(None) };
-                    let change = transition(&build, &Event::Claim { worker_id }, now)
-                        .map_err(refusal_error)?;
-                    let mut script = Script::default();
-                    push_transition(&mut script, &build, &change, now);
-                    if let Some(wait) =
-                        queue_wait::first_wait(change.build.attempt, build.submitted_at, now)
-                    {
-                        push_queue_wait(&mut script, now, wait);
-                    }
-                    script.run(conn).await?;
-                    Ok(Some(Claim {
-                        submitted_at: build.submitted_at,
-                        build: ClaimedBuild {
-                            id: build.id,
-                            platform: build.platform,
-                            label: build.label,
-                            attempt: change.build.attempt,
-                        },
-                    }))
+                    ))?
+                    .query_row([worker_id], build_row)
+                    .optional()?;
+                let Some(build) = build else { return Ok(None) };
+                let change =
+                    transition(&build, &Event::Claim { worker_id }, now).map_err(refusal_error)?;
+                let mut script = Script::default();
+                push_transition(&mut script, &build, &change, now);
+                if let Some(wait) =
+                    queue_wait::first_wait(change.build.attempt, build.submitted_at, now)
+                {
+                    push_queue_wait(&mut script, now, wait);
                 }
-                .boxed()
+                script.run(conn)?;
+                Ok(Some(Claim {
+                    submitted_at: build.submitted_at,
+                    build: ClaimedBuild {
+                        id: build.id,
+                        platform: build.platform,
+                        label: build.label,
+                        attempt: change.build.attempt,
+                    },
+                }))
             })
             .await
     }
@@ -252,23 +186,23 @@ impl Database {
         // `decide` and the transition refuse before the first write.
         self.writer
             .write_checked(move |conn| {
-                async move {
-                    let (build, attempts) = load_build_and_attempts(conn, id).await?;
-                    let Some(event) = decide(&build, &attempts)? else {
-                        return Ok(build);
-                    };
-                    match transition(&build, &event, now) {
-                        Ok(change) => {
-                            let mut script = Script::default();
-                            push_transition(&mut script, &build, &change, now);
-                            script.run(conn).await?;
-                            Ok(build.after(&change.build))
-                        }
-                        Err(Refusal::AlreadyThere) => Ok(build),
-                        Err(refusal) => Err(refusal_error(refusal)),
+                let build = load_builds(conn, &[id])?
+                    .pop()
+                    .ok_or_else(AppError::unknown_build)?;
+                let attempts = load_attempts(conn, &[id])?;
+                let Some(event) = decide(&build, &attempts)? else {
+                    return Ok(build);
+                };
+                match transition(&build, &event, now) {
+                    Ok(change) => {
+                        let mut script = Script::default();
+                        push_transition(&mut script, &build, &change, now);
+                        script.run(conn)?;
+                        Ok(build.after(&change.build))
                     }
+                    Err(Refusal::AlreadyThere) => Ok(build),
+                    Err(refusal) => Err(refusal_error(refusal)),
                 }
-                .boxed()
             })
             .await
     }
@@ -279,25 +213,22 @@ impl Database {
     pub async fn reap_lost_leases(&self, silent_since: i64, now: i64) -> Result<Vec<BuildRow>> {
         self.writer
             .write(move |conn| {
-                async move {
-                    let lost: Vec<BuildRow> = sqlx::query_as(&format!(
+                let lost: Vec<BuildRow> = conn
+                    .prepare_cached(&format!(
                         "SELECT {BUILD_COLUMNS} FROM builds
                          WHERE status IN ('assigned', 'building')
                            AND worker_id IN (SELECT id FROM workers WHERE last_seen_at < ?)"
-                    ))
-                    .bind(silent_since)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                    let mut script = Script::default();
-                    for build in &lost {
-                        let change =
-                            transition(build, &Event::LeaseLost, now).map_err(refusal_error)?;
-                        push_transition(&mut script, build, &change, now);
-                    }
-                    script.run(conn).await?;
-                    Ok(lost)
+                    ))?
+                    .query_map([silent_since], build_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut script = Script::default();
+                for build in &lost {
+                    let change =
+                        transition(build, &Event::LeaseLost, now).map_err(refusal_error)?;
+                    push_transition(&mut script, build, &change, now);
                 }
-                .boxed()
+                script.run(conn)?;
+                Ok(lost)
             })
             .await
     }

@@ -11,11 +11,11 @@ use crate::stats::queue_wait;
 use crate::storage::{DailyRow, FiguresRow, StoredFigures};
 
 /// Applies `delta` to the running totals and its day, inside the caller's
-/// transaction.
+/// transaction on a sqlx connection (`verify --repair`).
 pub(super) async fn apply_ledger(conn: &mut SqliteConnection, delta: &LedgerDelta) -> Result<()> {
     let mut script = Script::default();
     push_ledger(&mut script, delta);
-    script.run(conn).await
+    script.run_sqlx(conn).await
 }
 
 /// Adds to `script` what applies `delta` to the running totals and its day.

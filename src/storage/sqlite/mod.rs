@@ -3,17 +3,23 @@
 //! (in the files beside this one) every SQL statement of the controller.
 //!
 //! Every change goes through [`Writer::write`] or [`Writer::write_checked`].
-//! The writer task takes whatever jobs are queued, runs them in one `BEGIN
-//! IMMEDIATE` transaction, commits once (WAL, `synchronous=FULL`: one fsync
-//! for the whole group) and only then answers each caller. So a 2xx answer
-//! means the change is on disk, and durability does not cost throughput.
+//! The writer, on a thread of its own, takes whatever jobs are queued, runs
+//! them in one `BEGIN IMMEDIATE` transaction, commits once (WAL,
+//! `synchronous=FULL`: one fsync for the whole group) and only then answers
+//! each caller. So a 2xx answer means the change is on disk, and durability
+//! does not cost throughput.
 //!
-//! Every sqlx statement is a round trip to the connection's own thread, and
-//! on a small machine those hand-offs, not SQLite, bound the rate. So the hot
-//! path (telemetry) runs without a savepoint of its own: it checks
+//! The writer's connection is synchronous (rusqlite) on that thread: a
+//! group costs one hand-off to the thread and one back per caller. Through
+//! sqlx every statement was a round trip to the connection's own thread,
+//! and at fleet-shaped load those hand-offs, not SQLite, were most of the
+//! controller's CPU. Reads (stats, build views, auth look-ups) stay on
+//! sqlx's pool, off the writer.
+//!
+//! The hot path (telemetry) runs without a savepoint of its own: it checks
 //! everything before its first write, and a database error after that fails
 //! its whole group, which then answers 503 to every caller in it.
-//! Because one task applies every change in order, claims and state
+//! Because one thread applies every change in order, claims and state
 //! transitions are atomic without row locks.
 //!
 //! Jobs that arrive spread out (a fleet's claims, starts and completes) wait
@@ -22,12 +28,11 @@
 //! connections waiting on one group) to about a third, since nothing more
 //! can arrive while every client waits on the group being held open.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -37,10 +42,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AppError, Result};
 use crate::gather::{Arrivals, FLEET};
+use crate::storage::OpenError;
 
 mod builds;
 mod figures;
 mod retention;
+mod rows;
 mod script;
 mod telemetry;
 mod verify;
@@ -53,6 +60,13 @@ pub use verify::{backup_database, verify_database};
 const MAX_JOBS_PER_COMMIT: usize = 512;
 /// Queued jobs before callers wait: bounds memory under overload.
 const QUEUE_DEPTH: usize = 8192;
+/// How long a statement waits for another connection's write lock (an
+/// operator's `freeagent purge` or `verify --repair`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// KiB of page cache per connection. The writer touches little but the
+/// right edge of each build's samples, and every connection's cache counts
+/// in the server's RSS.
+const CACHE_KIB: i64 = 2048;
 
 /// The database handles the app shares: a pool for reads and the writer.
 #[derive(Clone)]
@@ -68,11 +82,9 @@ fn connect_options(url: &str) -> std::result::Result<SqliteConnectOptions, sqlx:
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
-        // KiB. The writer touches little but the right edge of each build's
-        // samples, and every connection's cache counts in the server's RSS.
-        .pragma("cache_size", "-2048"))
+        .pragma("cache_size", format!("-{CACHE_KIB}")))
 }
 
 /// Creates the database file's folder when the URL names a file that is missing.
@@ -90,8 +102,8 @@ pub fn ensure_parent_dir(url: &str) -> std::io::Result<()> {
     }
 }
 
-/// One connection to the database, created and migrated when needed.
-pub async fn connect(url: &str) -> std::result::Result<SqliteConnection, sqlx::Error> {
+/// Creates the database file when missing and brings its schema up to date.
+async fn migrate(url: &str) -> std::result::Result<SqliteConnectOptions, sqlx::Error> {
     ensure_parent_dir(url).map_err(sqlx::Error::Io)?;
     let options = connect_options(url)?;
     // Migrating through a one-connection pool rather than `&mut conn`
@@ -103,21 +115,50 @@ pub async fn connect(url: &str) -> std::result::Result<SqliteConnection, sqlx::E
         .await?;
     sqlx::migrate!("migrations/sqlite").run(&pool).await?;
     pool.close().await;
+    Ok(options)
+}
+
+/// One connection to the database, created and migrated when needed.
+pub async fn connect(url: &str) -> std::result::Result<SqliteConnection, sqlx::Error> {
+    let options = migrate(url).await?;
     SqliteConnection::connect_with(&options).await
 }
+
+/// A synchronous connection to the migrated database file at `path`, set
+/// up as [`connect_options`] sets up sqlx's: for a thread of its own.
+fn connect_blocking(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Telemetry's statements differ by their batch's size; sqlx's default.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+         PRAGMA cache_size = -{CACHE_KIB};"
+    ))?;
+    Ok(conn)
+}
+
+/// Prepared statements the writer keeps.
+const STATEMENT_CACHE: usize = 100;
 
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Opens (creating and migrating when needed) the database and starts the
 /// writer and the checkpointer.
-pub async fn open(url: &str) -> std::result::Result<Database, sqlx::Error> {
-    let mut write_conn = connect(url).await?;
-    // SQLite's automatic checkpoint would run inside the writer's COMMIT,
-    // stalling every caller of that group; the checkpointer's own
-    // connection does it beside the writer instead.
-    write_conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
-    let options = connect_options(url)?;
+pub async fn open(url: &str) -> std::result::Result<Database, OpenError> {
+    let options = migrate(url).await?;
+    let path: PathBuf = options.get_filename().to_path_buf();
+    let write_conn = tokio::task::spawn_blocking(move || {
+        let conn = connect_blocking(&path)?;
+        // SQLite's automatic checkpoint would run inside the writer's
+        // COMMIT, stalling every caller of that group; the checkpointer's
+        // own connection does it beside the writer instead.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        Ok::<_, rusqlite::Error>(conn)
+    })
+    .await
+    .map_err(|joined| sqlx::Error::Io(std::io::Error::other(joined)))??;
     let checkpoint_conn = SqliteConnection::connect_with(&options).await?;
     tokio::spawn(run_checkpointer(checkpoint_conn));
     let reads = SqlitePoolOptions::new()
@@ -125,10 +166,8 @@ pub async fn open(url: &str) -> std::result::Result<Database, sqlx::Error> {
         .min_connections(1)
         .connect_with(options.read_only(true))
         .await?;
-    Ok(Database {
-        reads,
-        writer: Writer::start(write_conn),
-    })
+    let writer = Writer::start(write_conn).map_err(sqlx::Error::Io)?;
+    Ok(Database { reads, writer })
 }
 
 async fn run_checkpointer(mut conn: SqliteConnection) {
@@ -168,7 +207,7 @@ enum Undo {
 /// What a job hands back to the writer: how it ended and how to answer its
 /// caller once the transaction's fate is known.
 type Outcome = (Ending, Box<dyn FnOnce(bool) + Send>);
-type Run = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Outcome> + Send>;
+type Run = Box<dyn FnOnce(&rusqlite::Connection) -> Outcome + Send>;
 
 struct Job {
     undo: Undo,
@@ -181,7 +220,7 @@ struct Job {
 /// Where the writer reports its groups, once the controller attached it.
 type MetersSlot = Arc<OnceLock<crate::meters::Meters>>;
 
-/// Handle to the single writer task.
+/// Handle to the single writer thread; it stops once every handle is dropped.
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
@@ -189,11 +228,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    fn start(conn: SqliteConnection) -> Writer {
+    fn start(conn: rusqlite::Connection) -> std::io::Result<Writer> {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let meters = MetersSlot::default();
-        tokio::spawn(run_writer(conn, queue, meters.clone()));
-        Writer { jobs, meters }
+        let reported = meters.clone();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, queue, reported))?;
+        Ok(Writer { jobs, meters })
     }
 
     /// Reports each group commit (its jobs, its time) to `meters` from now
@@ -208,18 +250,18 @@ impl Writer {
     pub async fn write<T, F>(&self, change: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
         self.submit(Undo::Savepoint, true, change).await
     }
 
     /// Like [`Writer::write`] without the savepoint's two statements, for a
-    /// `change` that returns every error other than [`AppError::Database`]
-    /// before its first write. A database error fails the whole group.
+    /// `change` that returns every error other than a database error before
+    /// its first write. A database error fails the whole group.
     pub async fn write_checked<T, F>(&self, change: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
         self.submit(Undo::FailGroup, true, change).await
     }
@@ -229,7 +271,7 @@ impl Writer {
     pub async fn write_gathered<T, F>(&self, change: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
         self.submit(Undo::FailGroup, false, change).await
     }
@@ -237,29 +279,27 @@ impl Writer {
     async fn submit<T, F>(&self, undo: Undo, may_wait: bool, change: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel::<Result<T>>();
         let run: Run = Box::new(move |conn| {
-            Box::pin(async move {
-                let result = change(conn).await;
-                let ending = match &result {
-                    Ok(_) => Ending::Done,
-                    Err(AppError::Database(error)) => {
-                        tracing::error!(%error, "a write failed in the database");
-                        Ending::Broken
-                    }
-                    Err(_) => Ending::Refused,
-                };
-                let deliver: Box<dyn FnOnce(bool) + Send> = Box::new(move |committed| {
-                    let _ = answer.send(if committed {
-                        result
-                    } else {
-                        Err(AppError::Unavailable)
-                    });
+            let result = change(conn);
+            let ending = match &result {
+                Ok(_) => Ending::Done,
+                Err(error @ (AppError::Database(_) | AppError::Sqlite(_))) => {
+                    tracing::error!(%error, "a write failed in the database");
+                    Ending::Broken
+                }
+                Err(_) => Ending::Refused,
+            };
+            let deliver: Box<dyn FnOnce(bool) + Send> = Box::new(move |committed| {
+                let _ = answer.send(if committed {
+                    result
+                } else {
+                    Err(AppError::Unavailable)
                 });
-                (ending, deliver)
-            })
+            });
+            (ending, deliver)
         });
         self.jobs
             .send(Job {
@@ -273,27 +313,20 @@ impl Writer {
     }
 }
 
-async fn run_writer(
-    mut conn: SqliteConnection,
-    mut queue: mpsc::Receiver<Job>,
-    meters: MetersSlot,
-) {
+fn run_writer(conn: rusqlite::Connection, mut queue: mpsc::Receiver<Job>, meters: MetersSlot) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut seen = Arrivals::new();
     // A job that gathered its requests already is enough on its own.
     let work = |job: &Job| if job.may_wait { 1 } else { FLEET.enough };
-    while FLEET
-        .take(&mut queue, &mut batch, MAX_JOBS_PER_COMMIT, &mut seen, work)
-        .await
-    {
+    while FLEET.take_blocking(&mut queue, &mut batch, MAX_JOBS_PER_COMMIT, &mut seen, work) {
         let jobs = batch.len();
         let started = std::time::Instant::now();
         let mut deliveries = Vec::with_capacity(jobs);
-        let committed = match run_group(&mut conn, &mut batch, &mut deliveries).await {
+        let committed = match run_group(&conn, &mut batch, &mut deliveries) {
             Ok(()) => true,
             Err(error) => {
                 tracing::error!(%error, jobs, "group transaction failed");
-                let _ = conn.execute("ROLLBACK").await;
+                let _ = conn.execute_batch("ROLLBACK");
                 false
             }
         };
@@ -317,51 +350,44 @@ async fn run_writer(
 #[derive(Debug, thiserror::Error)]
 enum GroupFailed {
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] rusqlite::Error),
     #[error("a job without a savepoint failed after it may have written")]
     BrokenJob,
 }
 
-async fn run_group(
-    conn: &mut SqliteConnection,
+fn run_group(
+    conn: &rusqlite::Connection,
     batch: &mut Vec<Job>,
     deliveries: &mut Vec<Box<dyn FnOnce(bool) + Send>>,
 ) -> std::result::Result<(), GroupFailed> {
-    conn.execute("BEGIN IMMEDIATE").await?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
     for job in batch.drain(..) {
         if job.undo == Undo::Savepoint {
-            conn.execute("SAVEPOINT job").await?;
+            conn.execute_batch("SAVEPOINT job")?;
         }
-        let (ending, deliver) = (job.run)(&mut *conn).await;
+        let (ending, deliver) = (job.run)(conn);
         deliveries.push(deliver);
         match (job.undo, ending) {
-            (Undo::Savepoint, Ending::Done) => conn.execute("RELEASE job").await?,
-            (Undo::Savepoint, _) => conn.execute("ROLLBACK TO job; RELEASE job").await?,
+            (Undo::Savepoint, Ending::Done) => conn.execute_batch("RELEASE job")?,
+            (Undo::Savepoint, _) => conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
             (Undo::FailGroup, Ending::Broken) => return Err(GroupFailed::BrokenJob),
             (Undo::FailGroup, _) => continue,
         };
     }
-    conn.execute("COMMIT").await?;
+    conn.execute_batch("COMMIT")?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::FutureExt;
 
     async fn scratch() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let db = open(&url).await.expect("open");
         db.writer
-            .write(|conn| {
-                async move {
-                    conn.execute("CREATE TABLE scratch (x INTEGER)").await?;
-                    Ok(())
-                }
-                .boxed()
-            })
+            .write(|conn| Ok(conn.execute_batch("CREATE TABLE scratch (x INTEGER)")?))
             .await
             .expect("create");
         (dir, db)
@@ -378,18 +404,20 @@ mod tests {
     #[tokio::test]
     async fn refused_job_undoes_its_own_writes() {
         let (_dir, db) = scratch().await;
+        let kept: Result<()> = db
+            .writer
+            .write(|conn| Ok(conn.execute_batch("INSERT INTO scratch VALUES (0)")?))
+            .await;
+        assert!(kept.is_ok());
         let refused: Result<()> = db
             .writer
             .write(|conn| {
-                async move {
-                    conn.execute("INSERT INTO scratch VALUES (1)").await?;
-                    Err(AppError::Conflict("no".into()))
-                }
-                .boxed()
+                conn.execute_batch("INSERT INTO scratch VALUES (1)")?;
+                Err(AppError::Conflict("no".into()))
             })
             .await;
         assert!(matches!(refused, Err(AppError::Conflict(_))));
-        assert_eq!(rows(&db).await, 0);
+        assert_eq!(rows(&db).await, 1);
     }
 
     /// A checked job that breaks after writing fails its group: its caller
@@ -400,12 +428,9 @@ mod tests {
         let broken: Result<()> = db
             .writer
             .write_checked(|conn| {
-                async move {
-                    conn.execute("INSERT INTO scratch VALUES (1)").await?;
-                    conn.execute("INSERT INTO no_such_table VALUES (1)").await?;
-                    Ok(())
-                }
-                .boxed()
+                conn.execute_batch("INSERT INTO scratch VALUES (1)")?;
+                conn.execute_batch("INSERT INTO no_such_table VALUES (1)")?;
+                Ok(())
             })
             .await;
         assert!(matches!(broken, Err(AppError::Unavailable)));
@@ -413,16 +438,32 @@ mod tests {
         // The writer goes on with the next group.
         let next: Result<()> = db
             .writer
-            .write_checked(|conn| {
-                async move {
-                    conn.execute("INSERT INTO scratch VALUES (2)").await?;
-                    Ok(())
-                }
-                .boxed()
-            })
+            .write_checked(|conn| Ok(conn.execute_batch("INSERT INTO scratch VALUES (2)")?))
             .await;
         assert!(next.is_ok());
         assert_eq!(rows(&db).await, 1);
+    }
+
+    /// Jobs sent together share a group, and each caller gets its own answer.
+    #[tokio::test]
+    async fn concurrent_jobs_each_get_their_answer() {
+        let (_dir, db) = scratch().await;
+        let answers = futures::future::join_all((0..50_i64).map(|i| {
+            let writer = db.writer.clone();
+            async move {
+                writer
+                    .write(move |conn| {
+                        conn.execute("INSERT INTO scratch VALUES (?)", [i])?;
+                        Ok(i * 2)
+                    })
+                    .await
+            }
+        }))
+        .await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.expect("committed"), i as i64 * 2);
+        }
+        assert_eq!(rows(&db).await, 50);
     }
 
     /// Samples stored before the compact layout read back unchanged after

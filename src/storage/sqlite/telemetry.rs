@@ -1,17 +1,13 @@
-//! Storing telemetry: a batch of requests costs a handful of round trips
+//! Storing telemetry: a batch of requests costs a handful of statements
 //! (one to load the builds and one their attempts, one insert per 250
-//! samples, then the updates of the attempts, the builds and the ledger as
-//! one script), with the same answers and figures as storing them one by
-//! one in arrival order.
-//!
-//! Every sqlx statement is a round trip to the connection's thread; stored
-//! one request at a time, 64 connections of single-sample telemetry spent
-//! most of their time in those hand-offs (a third of both cores idle).
+//! samples, then the updates of the attempts, the builds and the ledger),
+//! with the same answers and figures as storing them one by one in arrival
+//! order.
 
 use std::collections::HashSet;
 
-use futures::FutureExt;
-use sqlx::SqliteConnection;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue};
+use rusqlite::OptionalExtension;
 
 use super::builds::{load_attempts, load_builds};
 use super::figures::push_ledger;
@@ -40,7 +36,7 @@ impl Database {
         grace_ms: i64,
     ) -> Result<Vec<Result<TelemetryAnswer>>> {
         self.writer
-            .write_gathered(move |conn| store_batch(conn, requests, grace_ms).boxed())
+            .write_gathered(move |conn| store_batch(conn, requests, grace_ms))
             .await
     }
 
@@ -56,36 +52,38 @@ impl Database {
     }
 }
 
-async fn store_batch(
-    conn: &mut SqliteConnection,
+fn store_batch(
+    conn: &rusqlite::Connection,
     requests: Vec<TelemetryRequest>,
     grace_ms: i64,
 ) -> Result<Vec<Result<TelemetryAnswer>>> {
     let ids = build_ids(&requests);
-    let attempts = load_attempts(conn, &ids).await?;
-    let builds = load_builds(conn, &ids).await?;
+    let attempts = load_attempts(conn, &ids)?;
+    let builds = load_builds(conn, &ids)?;
     let mut plan = Plan::new(requests, builds, attempts, grace_ms);
-    for event in &plan.events {
-        sqlx::query(
+    if !plan.events.is_empty() {
+        let mut insert = conn.prepare_cached(
             "INSERT INTO build_events (build_id, type, at, data, received_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(event.build_id)
-        .bind(&event.kind)
-        .bind(event.at)
-        .bind(&event.data)
-        .bind(event.received_at)
-        .execute(&mut *conn)
-        .await?;
+        )?;
+        for event in &plan.events {
+            insert.execute(rusqlite::params![
+                event.build_id,
+                event.kind,
+                event.at,
+                event.data,
+                event.received_at
+            ])?;
+        }
     }
     let mut tombstoned = HashSet::new();
     for candidate in plan.candidates.iter().filter(|c| c.check_tombstone) {
         let (build, attempt, seq) = candidate.key();
-        if is_tombstoned(conn, build, attempt, seq).await? {
+        if is_tombstoned(conn, build, attempt, seq)? {
             tombstoned.insert(candidate.key());
         }
     }
     plan.drop_tombstoned(&tombstoned);
-    let stored = insert_samples(conn, &plan.candidates).await?;
+    let stored = insert_samples(conn, &plan.candidates)?;
     let settled = plan.settle(&stored);
     let mut script = Script::default();
     push_attempt_updates(&mut script, &settled.attempts);
@@ -93,7 +91,7 @@ async fn store_batch(
     for delta in &settled.ledger {
         push_ledger(&mut script, delta);
     }
-    script.run(conn).await?;
+    script.run(conn)?;
     Ok(settled.answers)
 }
 
@@ -184,28 +182,19 @@ impl Stored {
     }
 }
 
-impl sqlx::Type<sqlx::Sqlite> for Stored {
-    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-        <f64 as sqlx::Type<sqlx::Sqlite>>::type_info()
-    }
-}
-
-impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for Stored {
-    fn encode_by_ref(
-        &self,
-        args: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
-    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        match self {
-            Stored::Scaled(n) => <i64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(n, args),
-            Stored::Exact(x) => <f64 as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(x, args),
-        }
+impl rusqlite::ToSql for Stored {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Owned(match *self {
+            Stored::Scaled(n) => SqlValue::Integer(n),
+            Stored::Exact(x) => SqlValue::Real(x),
+        }))
     }
 }
 
 /// Stores the candidates with one statement per [`ROWS_PER_INSERT`];
 /// returns the (build, attempt, seq) keys actually inserted, i.e. not seen before.
-async fn insert_samples(
-    conn: &mut SqliteConnection,
+fn insert_samples(
+    conn: &rusqlite::Connection,
     candidates: &[Candidate],
 ) -> Result<HashSet<SampleKey>> {
     let mut inserted = HashSet::with_capacity(candidates.len());
@@ -216,7 +205,7 @@ async fn insert_samples(
         );
         push_rows(&mut sql, chunk.len(), "(?,?,?,?,?,?,?,?,?)");
         sql.push_str(" RETURNING build_id, attempt, seq");
-        let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
+        let mut values: Vec<Box<dyn rusqlite::ToSql>> = Vec::with_capacity(chunk.len() * 9);
         for Candidate {
             build_id,
             attempt,
@@ -225,36 +214,40 @@ async fn insert_samples(
             ..
         } in chunk
         {
-            query = query
-                .bind(build_id)
-                .bind(attempt)
-                .bind(sample.seq)
-                .bind(sample.sampled_at)
-                .bind(Stored::new(sample.cpu_percent, HUNDREDTHS))
-                .bind(Stored::new(sample.memory_mb, KIB_PER_MIB))
-                .bind(sample.cpu_time_s.map(|t| Stored::new(t, HUNDREDTHS)))
-                .bind((sample.interval_s != DEFAULT_INTERVAL_S).then_some(sample.interval_s))
-                .bind(received_at - sample.sampled_at);
+            values.push(Box::new(*build_id));
+            values.push(Box::new(*attempt));
+            values.push(Box::new(sample.seq));
+            values.push(Box::new(sample.sampled_at));
+            values.push(Box::new(Stored::new(sample.cpu_percent, HUNDREDTHS)));
+            values.push(Box::new(Stored::new(sample.memory_mb, KIB_PER_MIB)));
+            values.push(Box::new(
+                sample.cpu_time_s.map(|t| Stored::new(t, HUNDREDTHS)),
+            ));
+            values.push(Box::new(
+                (sample.interval_s != DEFAULT_INTERVAL_S).then_some(sample.interval_s),
+            ));
+            values.push(Box::new(received_at - sample.sampled_at));
         }
-        inserted.extend(query.fetch_all(&mut *conn).await?);
+        // One sample per request is the fleet's shape, so most statements
+        // are small and repeat: the cache keeps them prepared.
+        let mut statement = conn.prepare_cached(&sql)?;
+        let keys = statement.query_map(rusqlite::params_from_iter(&values), |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        for key in keys {
+            inserted.insert(key?);
+        }
     }
     Ok(inserted)
 }
 
-async fn is_tombstoned(
-    conn: &mut SqliteConnection,
-    id: i64,
-    attempt: i64,
-    seq: i64,
-) -> Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM sample_tombstones WHERE build_id = ? AND attempt = ? AND seq = ?",
-    )
-    .bind(id)
-    .bind(attempt)
-    .bind(seq)
-    .fetch_optional(&mut *conn)
-    .await?;
+fn is_tombstoned(conn: &rusqlite::Connection, id: i64, attempt: i64, seq: i64) -> Result<bool> {
+    let found = conn
+        .prepare_cached(
+            "SELECT 1 FROM sample_tombstones WHERE build_id = ? AND attempt = ? AND seq = ?",
+        )?
+        .query_row([id, attempt, seq], |_| Ok(()))
+        .optional()?;
     Ok(found.is_some())
 }
 

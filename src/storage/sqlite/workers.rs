@@ -1,6 +1,6 @@
 //! Workers: registration, look-ups by token hash, last-seen times.
 
-use futures::FutureExt;
+use rusqlite::params;
 
 use super::Database;
 use crate::error::Result;
@@ -14,23 +14,24 @@ impl Database {
     pub async fn register_worker(&self, worker: NewWorker) -> Result<i64> {
         self.writer
             .write(move |conn| {
-                async move {
-                    let id: i64 = sqlx::query_scalar(
+                let id: i64 = conn
+                    .prepare_cached(
                         "INSERT INTO workers (name, platforms, cpu_cores, memory_mb, token_hash,
                          registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    )
-                    .bind(worker.name)
-                    .bind(worker.platforms_json)
-                    .bind(worker.cpu_cores)
-                    .bind(worker.memory_mb)
-                    .bind(&worker.token_hash[..])
-                    .bind(worker.registered_at)
-                    .bind(worker.registered_at)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    Ok(id)
-                }
-                .boxed()
+                    )?
+                    .query_row(
+                        params![
+                            worker.name,
+                            worker.platforms_json,
+                            worker.cpu_cores,
+                            worker.memory_mb,
+                            &worker.token_hash[..],
+                            worker.registered_at,
+                            worker.registered_at
+                        ],
+                        |row| row.get(0),
+                    )?;
+                Ok(id)
             })
             .await
     }
@@ -74,19 +75,14 @@ impl Database {
             .collect();
         self.writer
             .write_checked(move |conn| {
-                async move {
-                    for json in chunks {
-                        sqlx::query(
-                            "UPDATE workers SET last_seen_at = max(last_seen_at, j.value ->> 1)
-                             FROM json_each(?) AS j WHERE workers.id = j.value ->> 0",
-                        )
-                        .bind(json)
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    Ok(())
+                let mut statement = conn.prepare_cached(
+                    "UPDATE workers SET last_seen_at = max(last_seen_at, j.value ->> 1)
+                     FROM json_each(?) AS j WHERE workers.id = j.value ->> 0",
+                )?;
+                for json in chunks {
+                    statement.execute([json])?;
                 }
-                .boxed()
+                Ok(())
             })
             .await
     }
