@@ -273,16 +273,28 @@ impl Agent {
         strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
     }
 
-    /// The `last_seq` the agent logged when build `id` finished.
-    fn last_seq(&self, id: i64) -> i64 {
-        let log = self.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("build finished") && l.contains(&format!("build_id={id} ")))
-            .unwrap_or_else(|| panic!("no `build finished` line for build {id} in:\n{log}"));
-        field(line, "last_seq")
-            .parse()
-            .expect("last_seq is a number")
+    /// The `last_seq` the agent logged when build `id` finished. The
+    /// agent logs it once the controller answered its complete, which may
+    /// be a moment after the controller shows the build completed.
+    async fn last_seq(&self, id: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let line = log
+                .lines()
+                .find(|l| l.contains("build finished") && l.contains(&format!("build_id={id} ")));
+            match line {
+                Some(line) => {
+                    return field(line, "last_seq")
+                        .parse()
+                        .expect("last_seq is a number")
+                }
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                None => panic!("no `build finished` line for build {id} in:\n{log}"),
+            }
+        }
     }
 
     /// `freeagent agent status` for this agent: exit status and output.
@@ -434,7 +446,7 @@ async fn one_busy_core_is_counted_exactly() {
     let samples = ctl.snapshots(id).await;
     check_samples(&samples, kernel);
     check_sampled_along(&samples, kernel);
-    assert_eq!(view.snapshot_count, agent.last_seq(id));
+    assert_eq!(view.snapshot_count, agent.last_seq(id).await);
     assert!(agent.stop().success());
 }
 
@@ -532,7 +544,7 @@ async fn interval_sets_the_number_of_samples() {
         let view = ctl
             .wait_status(id, &["completed"], Duration::from_secs(30))
             .await;
-        assert_eq!(view.snapshot_count, agent.last_seq(id));
+        assert_eq!(view.snapshot_count, agent.last_seq(id).await);
         counts.push(view.snapshot_count);
         assert!(agent.stop().success());
     }
@@ -1271,7 +1283,7 @@ async fn all_samples_stored(ctl: &Controller, agent: &Agent, id: i64) -> (i64, B
     while !agent.log().contains("build finished") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let last_seq = agent.last_seq(id);
+    let last_seq = agent.last_seq(id).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let view = loop {
         let view = ctl.build(id).await;
