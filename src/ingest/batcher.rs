@@ -1,9 +1,12 @@
 //! The telemetry batcher: every request that queued while the previous
 //! batch was being committed is stored as one storage job, and when
 //! requests arrive spread out (a fleet, not a benchmark) it waits a few
-//! milliseconds for company first (see [`crate::gather`]). SQLite's single
-//! writer takes one batch at a time; Postgres stores a few at once, each
-//! under its own builds' locks.
+//! milliseconds for company first (see [`crate::gather`]). Postgres stores
+//! a few batches at once, each under its own builds' locks.
+//!
+//! SQLite needs no batcher: its single writer gathers telemetry requests
+//! itself, into the same group as the claims and transitions that arrive
+//! meanwhile (one commit, one fsync for all), so requests go straight to it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +16,6 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::error::{AppError, Result};
 use crate::gather::{Arrivals, TELEMETRY};
 use crate::storage::{Storage, TelemetryRequest};
-use crate::telemetry::TelemetryBody;
 use crate::wire::TelemetryAnswer;
 
 /// Most requests stored by one job.
@@ -23,38 +25,51 @@ const QUEUE_DEPTH: usize = 4096;
 
 type Queued = (TelemetryRequest, oneshot::Sender<Result<TelemetryAnswer>>);
 
-/// Handle to the telemetry batcher. Cheap to clone.
+/// Where telemetry requests go to be stored. Cheap to clone.
 #[derive(Clone)]
-pub struct TelemetryQueue {
-    requests: mpsc::Sender<Queued>,
+pub struct TelemetryQueue(Route);
+
+#[derive(Clone)]
+enum Route {
+    /// To the batcher.
+    Batcher(mpsc::Sender<Queued>),
+    /// Straight to a storage that gathers them itself.
+    Storage { storage: Storage, grace_ms: i64 },
 }
 
 impl TelemetryQueue {
     /// Starts the batcher, which stores through `storage`; builds take
     /// telemetry for `grace_ms` after they (or an attempt) ended.
     pub fn start(storage: Storage, grace_ms: i64) -> TelemetryQueue {
+        if storage.gathers_telemetry() {
+            return TelemetryQueue(Route::Storage { storage, grace_ms });
+        }
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run_batcher(storage, queue, grace_ms));
-        TelemetryQueue { requests }
+        TelemetryQueue(Route::Batcher(requests))
     }
 
     /// Stores `request` and answers once it is committed (or refused).
     pub async fn store(&self, request: TelemetryRequest) -> Result<TelemetryAnswer> {
-        let (answer, answered) = oneshot::channel();
-        self.requests
-            .send((request, answer))
-            .await
-            .map_err(|_| AppError::Unavailable)?;
-        answered.await.map_err(|_| AppError::Unavailable)?
+        match &self.0 {
+            Route::Batcher(requests) => {
+                let (answer, answered) = oneshot::channel();
+                requests
+                    .send((request, answer))
+                    .await
+                    .map_err(|_| AppError::Unavailable)?;
+                answered.await.map_err(|_| AppError::Unavailable)?
+            }
+            Route::Storage { storage, grace_ms } => {
+                storage.store_one_telemetry(request, *grace_ms).await
+            }
+        }
     }
 }
 
-/// What a queued request weighs when gathering: its samples (an event: one).
+/// What a queued request weighs when gathering.
 fn work(queued: &Queued) -> usize {
-    match &queued.0.body {
-        TelemetryBody::Samples(samples) => samples.len().max(1),
-        TelemetryBody::Event { .. } => 1,
-    }
+    queued.0.weight()
 }
 
 async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_ms: i64) {

@@ -80,6 +80,17 @@ pub struct TelemetryRequest {
     pub now: i64,
 }
 
+impl TelemetryRequest {
+    /// What the request weighs when requests are gathered into one commit:
+    /// its samples (an event: one).
+    pub fn weight(&self) -> usize {
+        match &self.body {
+            TelemetryBody::Samples(samples) => samples.len().max(1),
+            TelemetryBody::Event { .. } => 1,
+        }
+    }
+}
+
 /// The stored figures `NetworkStats` is made of, read in one snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StoredFigures {
@@ -343,6 +354,30 @@ impl Storage {
         match &self.backend {
             Backend::Sqlite(db) => db.store_telemetry(requests, grace_ms).await,
             Backend::Postgres(db) => db.store_telemetry(requests, grace_ms).await,
+        }
+    }
+
+    /// Whether the backend gathers telemetry requests itself, so that
+    /// they go to [`Storage::store_one_telemetry`] rather than through the
+    /// telemetry batcher: SQLite's writer gathers them into its group with
+    /// the claims and transitions that arrive meanwhile, one commit for all.
+    pub fn gathers_telemetry(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite(_))
+    }
+
+    /// Stores one telemetry request (see [`Storage::gathers_telemetry`]).
+    pub async fn store_one_telemetry(
+        &self,
+        request: TelemetryRequest,
+        grace_ms: i64,
+    ) -> Result<TelemetryAnswer> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.store_one_telemetry(request, grace_ms).await,
+            Backend::Postgres(db) => db
+                .store_telemetry(vec![request], grace_ms)
+                .await?
+                .pop()
+                .unwrap_or(Err(crate::error::AppError::Unavailable)),
         }
     }
 

@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AppError, Result};
 use crate::gather::{Arrivals, FLEET};
-use crate::storage::OpenError;
+use crate::storage::{OpenError, TelemetryRequest};
+use crate::wire::TelemetryAnswer;
 
 mod builds;
 mod figures;
@@ -213,13 +214,34 @@ enum Undo {
 type Outcome = (Ending, Box<dyn FnOnce(bool) + Send>);
 type Run = Box<dyn FnOnce(&rusqlite::Connection) -> Outcome + Send>;
 
-struct Job {
-    undo: Undo,
-    /// Whether the job may wait a few ms for others to share its commit; a
-    /// job that gathered its requests already does not wait twice.
-    may_wait: bool,
-    run: Run,
+/// What the writer is asked to do.
+enum Job {
+    /// A change, run as it comes.
+    Change { undo: Undo, run: Run },
+    /// One telemetry request. Requests next to each other in a group are
+    /// stored together (see [`telemetry::store_batch`]), with the same
+    /// answers as one by one in this order.
+    Telemetry(QueuedTelemetry),
 }
+
+struct QueuedTelemetry {
+    request: TelemetryRequest,
+    grace_ms: i64,
+    answer: oneshot::Sender<Result<TelemetryAnswer>>,
+}
+
+impl Job {
+    /// What the job weighs when the writer gathers a group.
+    fn work(&self) -> usize {
+        match self {
+            Job::Change { .. } => 1,
+            Job::Telemetry(queued) => queued.request.weight(),
+        }
+    }
+}
+
+/// An answer the writer delivers once it knows whether its group committed.
+type Delivery = Box<dyn FnOnce(bool) + Send>;
 
 /// Where the writer reports its groups, once the controller attached it.
 type MetersSlot = Arc<OnceLock<crate::meters::Meters>>;
@@ -256,7 +278,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        self.submit(Undo::Savepoint, true, change).await
+        self.submit(Undo::Savepoint, change).await
     }
 
     /// Like [`Writer::write`] without the savepoint's two statements, for a
@@ -267,20 +289,29 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        self.submit(Undo::FailGroup, true, change).await
+        self.submit(Undo::FailGroup, change).await
     }
 
-    /// Like [`Writer::write_checked`] for a job that gathered many requests
-    /// already (telemetry): it is committed without waiting for company.
-    pub async fn write_gathered<T, F>(&self, change: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
-    {
-        self.submit(Undo::FailGroup, false, change).await
+    /// Stores one telemetry request in the next group, together with the
+    /// telemetry requests next to it there.
+    pub async fn store_telemetry(
+        &self,
+        request: TelemetryRequest,
+        grace_ms: i64,
+    ) -> Result<TelemetryAnswer> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Job::Telemetry(QueuedTelemetry {
+                request,
+                grace_ms,
+                answer,
+            }))
+            .await
+            .map_err(|_| AppError::Unavailable)?;
+        answered.await.map_err(|_| AppError::Unavailable)?
     }
 
-    async fn submit<T, F>(&self, undo: Undo, may_wait: bool, change: F) -> Result<T>
+    async fn submit<T, F>(&self, undo: Undo, change: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
@@ -296,7 +327,7 @@ impl Writer {
                 }
                 Err(_) => Ending::Refused,
             };
-            let deliver: Box<dyn FnOnce(bool) + Send> = Box::new(move |committed| {
+            let deliver: Delivery = Box::new(move |committed| {
                 let _ = answer.send(if committed {
                     result
                 } else {
@@ -306,11 +337,7 @@ impl Writer {
             (ending, deliver)
         });
         self.jobs
-            .send(Job {
-                undo,
-                may_wait,
-                run,
-            })
+            .send(Job::Change { undo, run })
             .await
             .map_err(|_| AppError::Unavailable)?;
         answered.await.map_err(|_| AppError::Unavailable)?
@@ -320,10 +347,15 @@ impl Writer {
 fn run_writer(conn: rusqlite::Connection, mut queue: mpsc::Receiver<Job>, meters: MetersSlot) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut seen = Arrivals::new();
-    // A job that gathered its requests already is enough on its own.
-    let work = |job: &Job| if job.may_wait { 1 } else { FLEET.enough };
-    while FLEET.take_blocking(&mut queue, &mut batch, MAX_JOBS_PER_COMMIT, &mut seen, work) {
+    while FLEET.take_blocking(
+        &mut queue,
+        &mut batch,
+        MAX_JOBS_PER_COMMIT,
+        &mut seen,
+        Job::work,
+    ) {
         let jobs = batch.len();
+        report_clients(&batch, &mut seen);
         let started = std::time::Instant::now();
         let mut deliveries = Vec::with_capacity(jobs);
         let committed = match run_group(&conn, &mut batch, &mut deliveries) {
@@ -359,19 +391,48 @@ enum GroupFailed {
     BrokenJob,
 }
 
+/// Tells the gatherer how often a build's telemetry came back within one
+/// group: a build that is back before the group commits is a client
+/// waiting on its last answer, a closed loop, which waiting only slows.
+fn report_clients(batch: &[Job], seen: &mut Arrivals) {
+    let builds: Vec<i64> = batch
+        .iter()
+        .filter_map(|job| match job {
+            Job::Telemetry(queued) => Some(queued.request.build_id),
+            Job::Change { .. } => None,
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&i64> = builds.iter().collect();
+    seen.clients(builds.len(), distinct.len());
+}
+
 fn run_group(
     conn: &rusqlite::Connection,
     batch: &mut Vec<Job>,
-    deliveries: &mut Vec<Box<dyn FnOnce(bool) + Send>>,
+    deliveries: &mut Vec<Delivery>,
 ) -> std::result::Result<(), GroupFailed> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    for job in batch.drain(..) {
-        if job.undo == Undo::Savepoint {
+    let mut jobs = batch.drain(..).peekable();
+    while let Some(job) = jobs.next() {
+        let (undo, run) = match job {
+            Job::Change { undo, run } => (undo, run),
+            Job::Telemetry(first) => {
+                let mut run = vec![first];
+                while let Some(Job::Telemetry(_)) = jobs.peek() {
+                    if let Some(Job::Telemetry(next)) = jobs.next() {
+                        run.push(next);
+                    }
+                }
+                store_telemetry_run(conn, run, deliveries)?;
+                continue;
+            }
+        };
+        if undo == Undo::Savepoint {
             conn.execute_batch("SAVEPOINT job")?;
         }
-        let (ending, deliver) = (job.run)(conn);
+        let (ending, deliver) = run(conn);
         deliveries.push(deliver);
-        match (job.undo, ending) {
+        match (undo, ending) {
             (Undo::Savepoint, Ending::Done) => conn.execute_batch("RELEASE job")?,
             (Undo::Savepoint, _) => conn.execute_batch("ROLLBACK TO job; RELEASE job")?,
             (Undo::FailGroup, Ending::Broken) => return Err(GroupFailed::BrokenJob),
@@ -380,6 +441,38 @@ fn run_group(
     }
     conn.execute_batch("COMMIT")?;
     Ok(())
+}
+
+/// Stores telemetry requests that are next to each other in a group. Every
+/// refusal is decided before the first write, so any error fails the group.
+fn store_telemetry_run(
+    conn: &rusqlite::Connection,
+    run: Vec<QueuedTelemetry>,
+    deliveries: &mut Vec<Delivery>,
+) -> std::result::Result<(), GroupFailed> {
+    let grace_ms = run.first().map_or(0, |queued| queued.grace_ms);
+    let (requests, answers): (Vec<_>, Vec<_>) = run
+        .into_iter()
+        .map(|queued| (queued.request, queued.answer))
+        .unzip();
+    match telemetry::store_batch(conn, requests, grace_ms) {
+        Ok(results) => {
+            for (answer, result) in answers.into_iter().zip(results) {
+                deliveries.push(Box::new(move |committed| {
+                    let _ = answer.send(if committed {
+                        result
+                    } else {
+                        Err(AppError::Unavailable)
+                    });
+                }));
+            }
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, requests = answers.len(), "a telemetry run was not stored");
+            Err(GroupFailed::BrokenJob)
+        }
+    }
 }
 
 #[cfg(test)]
