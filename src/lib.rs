@@ -17,7 +17,7 @@
 //!
 //! **Domains** (one feature each):
 //! - [`fleet`]: workers and builds over HTTP, and the lease [`fleet::reaper`].
-//! - [`ingest`]: the telemetry route, rate limits, and the batcher.
+//! - [`ingest`]: the telemetry route, rate limits, and the batcher (Postgres).
 //! - [`figures`]: `NetworkStats` and the daily figures, cached, with their
 //!   routes; implements the server functions' `stats::reader`.
 //! - [`retention`]: deletes old raw rows.

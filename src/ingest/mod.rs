@@ -1,6 +1,7 @@
 //! Telemetry: the route (rate limit, body, parse) and the [`batcher`]
 //! that stores every request queued during the last commit as one storage
-//! job. What a body means and which samples are valid is `telemetry`'s.
+//! job (Postgres; SQLite's writer gathers telemetry itself). What a body
+//! means and which samples are valid is `telemetry`'s.
 
 pub mod batcher;
 
@@ -38,7 +39,8 @@ pub struct IngestState {
 }
 
 impl IngestState {
-    /// Starts the batcher on `storage`; `grace_ms` and `rate` as the flags say.
+    /// Starts the batcher on `storage` when it needs one; `grace_ms` and
+    /// `rate` as the flags say.
     pub fn start(storage: Storage, grace_ms: i64, rate: u32) -> IngestState {
         IngestState {
             queue: TelemetryQueue::start(storage.clone(), grace_ms),
