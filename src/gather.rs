@@ -60,11 +60,11 @@ pub const FLEET: Gather = Gather {
 /// independent of each other (a fleet), not a closed loop.
 const MOSTLY_DISTINCT: f64 = 1.5;
 
-/// The telemetry batcher's gathering: as [`FLEET`] but without the store-time
-/// rule, because a telemetry store's time includes its wait in the SQLite
-/// writer's queue behind a group that is gathering, which made a 10,000
-/// worker fleet look like a busy queue and stop gathering (66% of a core
-/// against 40%). Closed loops are told apart by their repeating builds.
+/// The telemetry batcher's gathering (Postgres; SQLite's writer gathers
+/// telemetry with [`FLEET`]): without the store-time rule, which was
+/// dropped while the batcher also fed SQLite's writer, whose queue made a
+/// 10,000 worker fleet look busy (66% of a core against 40%). Closed loops
+/// are told apart by their repeating builds.
 pub const TELEMETRY: Gather = Gather {
     natural: f64::INFINITY,
     ..FLEET
@@ -357,5 +357,28 @@ mod tests {
         assert_eq!(batch, vec![7]);
         assert_eq!(started.elapsed(), Duration::ZERO);
         drop(sender);
+    }
+
+    /// The blocking take (the SQLite writer's thread) shares the round's
+    /// rules with the async one above; what is its own: it takes what is
+    /// queued up to the limit, and reports a closed, drained queue.
+    #[test]
+    fn the_blocking_take_drains_up_to_the_limit_then_sees_the_end() {
+        let (sender, mut queue) = mpsc::channel(64);
+        for i in 0..5 {
+            sender.try_send(i).expect("room");
+        }
+        drop(sender);
+        // Nobody else is coming: one lonely stream does not wait.
+        let mut seen = seen(10.0, MS);
+        let mut batch = Vec::new();
+        assert!(FLEET.take_blocking(&mut queue, &mut batch, 3, &mut seen, |_| 1));
+        assert_eq!(batch, vec![0, 1, 2]);
+        batch.clear();
+        assert!(FLEET.take_blocking(&mut queue, &mut batch, 3, &mut seen, |_| 1));
+        assert_eq!(batch, vec![3, 4]);
+        batch.clear();
+        assert!(!FLEET.take_blocking(&mut queue, &mut batch, 3, &mut seen, |_| 1));
+        assert!(batch.is_empty());
     }
 }
