@@ -7,7 +7,7 @@ use super::figures::{push_ledger, push_queue_wait};
 use super::rows::{attempt_row, build_row, ATTEMPT_COLUMNS, BUILD_COLUMNS};
 use super::script::Script;
 use super::Database;
-use crate::builds::{transition, AttemptRow, BuildRow, Event, Refusal, Transition};
+use crate::builds::{transition, AttemptRow, BuildRow, BuildStatus, Event, Refusal, Transition};
 use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
 use crate::stats::queue_wait;
@@ -112,16 +112,21 @@ impl Database {
             .await
     }
 
-    /// See [`crate::storage::Storage::cancelled_builds`].
+    /// See [`crate::storage::Storage::cancelled_builds`]. From memory once
+    /// the cancellations stored before this controller started were read.
     pub async fn cancelled_builds(&self, worker_id: i64, since: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM builds
-             WHERE worker_id = ? AND status = 'cancelled' AND completed_at >= ? ORDER BY id",
+        if let Some(ids) = self.cancellations.of(worker_id, since) {
+            return Ok(ids);
+        }
+        let stored: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT worker_id, id, completed_at FROM builds
+             WHERE status = 'cancelled' AND worker_id IS NOT NULL AND completed_at >= ?",
         )
-        .bind(worker_id)
         .bind(since)
         .fetch_all(&self.reads)
-        .await?)
+        .await?;
+        self.cancellations.load(stored);
+        Ok(self.cancellations.of(worker_id, since).unwrap_or_default())
     }
 
     /// A build as stored now; 404 when there is none.
@@ -184,7 +189,8 @@ impl Database {
         decide: ChangeDecision,
     ) -> Result<BuildRow> {
         // `decide` and the transition refuse before the first write.
-        self.writer
+        let after = self
+            .writer
             .write_checked(move |conn| {
                 let build = load_builds(conn, &[id])?
                     .pop()
@@ -204,7 +210,13 @@ impl Database {
                     Err(refusal) => Err(refusal_error(refusal)),
                 }
             })
-            .await
+            .await?;
+        if let (BuildStatus::Cancelled, Some(worker_id), Some(at)) =
+            (after.status, after.worker_id, after.completed_at)
+        {
+            self.cancellations.record(worker_id, after.id, at);
+        }
+        Ok(after)
     }
 
     /// One pass of the lease reaper: every active build whose worker made

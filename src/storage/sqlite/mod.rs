@@ -46,6 +46,7 @@ use crate::storage::{OpenError, TelemetryRequest};
 use crate::wire::TelemetryAnswer;
 
 mod builds;
+mod cancellations;
 mod figures;
 mod retention;
 mod rows;
@@ -76,6 +77,8 @@ pub struct Database {
     pub reads: SqlitePool,
     /// The only path that changes the database.
     pub writer: Writer,
+    /// Builds cancelled while a worker held them (see [`cancellations`]).
+    cancellations: Arc<cancellations::Cancellations>,
 }
 
 fn connect_options(url: &str) -> std::result::Result<SqliteConnectOptions, sqlx::Error> {
@@ -172,7 +175,11 @@ pub async fn open(url: &str) -> std::result::Result<Database, OpenError> {
         .connect_with(options.read_only(true))
         .await?;
     let writer = Writer::start(write_conn).map_err(sqlx::Error::Io)?;
-    Ok(Database { reads, writer })
+    Ok(Database {
+        reads,
+        writer,
+        cancellations: Arc::default(),
+    })
 }
 
 async fn run_checkpointer(mut conn: SqliteConnection) {
@@ -561,6 +568,74 @@ mod tests {
             assert_eq!(answer.expect("committed"), i as i64 * 2);
         }
         assert_eq!(rows(&db).await, 50);
+    }
+
+    /// A worker's heartbeats list a build cancelled before the controller
+    /// restarted (read from the database) and one cancelled after (from
+    /// memory), and no other worker's.
+    #[tokio::test]
+    async fn cancellations_survive_a_restart() {
+        use crate::builds::Event;
+        use crate::storage::{NewBuild, NewWorker};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let now = crate::clock::now_ms();
+        let worker = |name: &str, token: u8| NewWorker {
+            name: name.into(),
+            platforms_json: r#"["linux"]"#.into(),
+            cpu_cores: 2,
+            memory_mb: 1024,
+            token_hash: [token; 32],
+            registered_at: now,
+        };
+        let build = |token: u8| NewBuild {
+            platform: "linux".into(),
+            label: None,
+            submitted_at: now,
+            token_hash: [token; 32],
+        };
+        let cancel =
+            || -> crate::storage::ChangeDecision { Box::new(|_, _| Ok(Some(Event::Cancel))) };
+        let db = open(&url).await.expect("open");
+        let holder = db
+            .register_worker(worker("holder", 1))
+            .await
+            .expect("worker");
+        let other = db
+            .register_worker(worker("other", 2))
+            .await
+            .expect("worker");
+        let before = db.submit_build(build(3)).await.expect("build");
+        assert!(db.claim(holder, now).await.expect("claim").is_some());
+        db.change_build(before, now + 1, cancel())
+            .await
+            .expect("cancel");
+        drop(db);
+
+        let db = open(&url).await.expect("reopen");
+        let since = now - 1_000;
+        assert_eq!(
+            db.cancelled_builds(holder, since).await.expect("list"),
+            vec![before]
+        );
+        let after = db.submit_build(build(4)).await.expect("build");
+        assert!(db.claim(holder, now + 2).await.expect("claim").is_some());
+        db.change_build(after, now + 3, cancel())
+            .await
+            .expect("cancel");
+        assert_eq!(
+            db.cancelled_builds(holder, since).await.expect("list"),
+            vec![before, after]
+        );
+        assert_eq!(
+            db.cancelled_builds(other, since).await.expect("list"),
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            db.cancelled_builds(holder, now + 2).await.expect("list"),
+            vec![after],
+            "only those cancelled since"
+        );
     }
 
     /// Samples stored before the compact layout read back unchanged after
