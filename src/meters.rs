@@ -10,8 +10,9 @@
 //! them from the `NetworkStats` that `/api/stats` serves, so the two always
 //! agree, and so do several controllers on one database.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -121,6 +122,10 @@ struct MetersInner {
     build_duration: Histogram,
     writer_group_jobs: Histogram,
     writer_commit: Histogram,
+    /// Each route's request-duration histogram, taken from the recorder
+    /// once: asking the recorder builds and hashes a labelled key, which
+    /// cost three allocations on every request.
+    request_durations: RwLock<HashMap<Box<str>, Histogram>>,
 }
 
 impl Meters {
@@ -154,6 +159,7 @@ impl Meters {
             build_duration: histogram(BUILD_DURATION),
             writer_group_jobs: histogram(WRITER_GROUP_JOBS),
             writer_commit: histogram(WRITER_COMMIT),
+            request_durations: RwLock::default(),
             token_hash: token
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
@@ -196,12 +202,26 @@ impl Meters {
 
     /// A request answered: its route template (`None`: it matched none).
     pub fn request(&self, route: Option<&str>, took: Duration) {
-        let route = route.unwrap_or(UNMATCHED_ROUTE).to_string();
-        let key = Key::from_parts(REQUEST_DURATION, vec![Label::new("route", route)]);
-        self.inner
-            .recorder
-            .register_histogram(&key, &METADATA)
-            .record(took.as_secs_f64());
+        let route = route.unwrap_or(UNMATCHED_ROUTE);
+        let durations = &self.inner.request_durations;
+        let known = durations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(route)
+            .cloned();
+        let histogram = known.unwrap_or_else(|| {
+            let key = Key::from_parts(
+                REQUEST_DURATION,
+                vec![Label::new("route", route.to_string())],
+            );
+            let histogram = self.inner.recorder.register_histogram(&key, &METADATA);
+            durations
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(route.into(), histogram.clone());
+            histogram
+        });
+        histogram.record(took.as_secs_f64());
     }
 
     /// Folds recorded histogram samples into their buckets.
@@ -334,13 +354,10 @@ fn render_figures(stats: &NetworkStats, failed: Option<u64>) -> String {
 /// Middleware: times each request under its route template (axum's
 /// `MatchedPath`, never the raw path, so the series stay few).
 pub async fn time_requests(State(meters): State<Meters>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    meters.request(route.as_deref(), started.elapsed());
+    meters.request(route.as_ref().map(MatchedPath::as_str), started.elapsed());
     response
 }
 

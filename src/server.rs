@@ -3,11 +3,13 @@
 //! graceful shutdown (connections and their limits: `connections`). [`serve`] takes its listener and its shutdown signal
 //! from the caller, so tests run the real thing on `127.0.0.1:0`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{FromRef, State};
 use axum::handler::Handler;
 use axum::http::{Request, StatusCode};
@@ -18,6 +20,7 @@ use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::LeptosRoutes;
 use tokio::net::TcpListener;
+use tower::{Service, ServiceBuilder};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -215,8 +218,26 @@ async fn unknown_api_route() -> AppError {
     AppError::NotFound("no such API route; see the README for the routes".into())
 }
 
-/// The whole router: REST API, server functions and the page.
-pub fn router(state: AppState) -> Router {
+/// The whole controller as one service: the router (REST API, server
+/// functions, the page and its files) inside the layers every answer goes
+/// through.
+///
+/// Those layers wrap the router once rather than through `Router::layer`,
+/// which wraps each route separately, so that each layer costs a boxed
+/// clone of the service under it and a boxed future on every request.
+/// Only `time_requests` stays a router layer: it needs the matched route.
+pub fn router(
+    state: AppState,
+) -> impl Service<
+    Request<Body>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let meters = state.meters.clone();
     let api = Router::new()
         .route("/healthz", get(healthz))
         .merge(crate::fleet::router())
@@ -235,7 +256,7 @@ pub fn router(state: AppState) -> Router {
         shell,
     )
     .with_state(state.clone());
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .leptos_routes_with_context(
             &state,
@@ -249,20 +270,22 @@ pub fn router(state: AppState) -> Router {
         // Every other path: a file of the site, or the 404 page.
         .merge(crate::site::site_files(&state.leptos_options, not_found))
         .layer(middleware::from_fn_with_state(
-            state.meters.clone(),
+            meters,
             crate::meters::time_requests,
         ))
-        .layer(middleware::map_response(crate::site::html_cache_control))
-        .layer(crate::site::compression())
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(state);
+    ServiceBuilder::new()
+        // Outermost, so that every answer carries them, a timeout's included.
+        .layer(middleware::from_fn(crate::site::security_headers))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
                 tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )
-        // Outermost, so that every answer carries them, a timeout's included.
-        .layer(middleware::from_fn(crate::site::security_headers))
-        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(crate::site::compression())
+        .layer(middleware::map_response(crate::site::html_cache_control))
+        .service(router)
 }
 
 /// Serves the controller on `listener` until `shutdown` resolves, with the

@@ -26,14 +26,13 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::Response;
-use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// How long clients may take, and how many may be connected at once.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +54,7 @@ pub struct Limits {
 /// and returns when all are closed.
 pub async fn serve_connections(
     listener: TcpListener,
-    router: Router,
+    router: impl Controller,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -118,6 +117,26 @@ async fn accept_failed(error: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// What each connection serves: the controller (`server::router`), one
+/// clone per request.
+pub trait Controller:
+    Service<Request, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Controller for S where
+    S: Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Why a connection's task ended.
 enum Ended {
     Served(hyper::Result<()>),
@@ -126,7 +145,7 @@ enum Ended {
 
 async fn serve_connection(
     stream: TcpStream,
-    router: Router,
+    router: impl Controller,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
 ) {
