@@ -283,17 +283,59 @@ pub fn parse_body_bytes(bytes: &[u8], now: i64) -> Result<TelemetryBody> {
         return Err(too_many_samples());
     }
     Ok(TelemetryBody::Samples(
-        snapshots
-            .iter()
-            .map(|raw| {
-                // Its syntax is checked already (the batch parsed); what can
-                // still fail is a number beyond a double, like 1e400.
-                let value: Value = serde_json::from_str(raw.get())
-                    .map_err(|e| format!("a sample could not be read: {e}"))?;
-                parse_sample(&value)
-            })
-            .collect(),
+        snapshots.iter().map(|raw| read_sample(raw.get())).collect(),
     ))
+}
+
+/// A sample as the agent writes it, read straight into its fields rather
+/// than through a map of `Value`s (a map and a string per field, on every
+/// sample). It accepts less than [`parse_sample`]: a null where a field may
+/// be absent, an integer written as `3.0`, a repeated field, or a sample
+/// that is not an object fail here, and those samples go through
+/// `parse_sample` for its exact answer.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlainSample {
+    seq: i64,
+    sampled_at: i64,
+    cpu_percent: f64,
+    memory_mb: f64,
+    #[serde(default, deserialize_with = "present")]
+    cpu_time_s: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
+    interval_s: Option<i64>,
+}
+
+/// An optional field that, when present, must hold a value: serde's own
+/// `Option` would take `null` for absent, which `parse_sample` refuses.
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Type-checks one sample of a batch from its own JSON text.
+fn read_sample(text: &str) -> std::result::Result<Snapshot, String> {
+    // An array would fill a struct's fields in order; only objects qualify.
+    if text.starts_with('{') {
+        if let Ok(plain) = serde_json::from_str::<PlainSample>(text) {
+            return Ok(Snapshot {
+                seq: plain.seq,
+                sampled_at: plain.sampled_at,
+                cpu_percent: plain.cpu_percent,
+                memory_mb: plain.memory_mb,
+                cpu_time_s: plain.cpu_time_s,
+                interval_s: plain.interval_s.unwrap_or(DEFAULT_INTERVAL_S),
+            });
+        }
+    }
+    // Its syntax is checked already (the batch parsed); what can still fail
+    // is a number beyond a double, like 1e400.
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("a sample could not be read: {e}"))?;
+    parse_sample(&value)
 }
 
 fn too_many_samples() -> AppError {
@@ -364,6 +406,41 @@ mod tests {
         let mut missing = good();
         missing.as_object_mut().map(|o| o.remove("memoryMb"));
         assert!(check(missing).is_err());
+    }
+
+    /// The direct read of a sample answers exactly as `parse_sample` on its
+    /// `Value`, whichever of the two paths a sample takes.
+    #[test]
+    fn direct_read_answers_as_parse_sample() {
+        let texts = [
+            r#"{"seq":1,"sampledAt":1050000,"cpuPercent":150.5,"memoryMb":100,"cpuTimeS":20,"intervalS":5}"#,
+            r#"{"seq":2,"sampledAt":1050000,"cpuPercent":0,"memoryMb":0.25}"#,
+            r#"{"seq":3,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1,"extra":{"a":[1]}}"#,
+            r#"{"seq":3.0,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1}"#,
+            r#"{"seq":3.5,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1}"#,
+            r#"{"seq":1e16,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1}"#,
+            r#"{"seq":18446744073709551615,"sampledAt":1,"cpuPercent":1,"memoryMb":1}"#,
+            r#"{"seq":1,"sampledAt":1050000,"cpuPercent":null,"memoryMb":1}"#,
+            r#"{"seq":1,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1,"cpuTimeS":null}"#,
+            r#"{"seq":1,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1,"intervalS":null}"#,
+            r#"{"seq":1,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1,"intervalS":"5"}"#,
+            r#"{"seq":1,"sampledAt":1050000,"cpuPercent":"50","memoryMb":1}"#,
+            r#"{"seq":1,"seq":2,"sampledAt":1050000,"cpuPercent":1,"memoryMb":1}"#,
+            r#"{"sampledAt":1050000,"cpuPercent":1,"memoryMb":1}"#,
+            r#"{"seq":-4,"sampledAt":-1,"cpuPercent":-0,"memoryMb":-2.5e3}"#,
+            r#"[1,1050000,1.0,1.0,null,5]"#,
+            r#"[]"#,
+            r#""a sample""#,
+            r#"{"seq":1,"sampledAt":1050000,"cpuPercent":1e400,"memoryMb":1}"#,
+        ];
+        for text in texts {
+            let through_value = serde_json::from_str::<Value>(text)
+                .map_err(|e| format!("a sample could not be read: {e}"))
+                .and_then(|value| parse_sample(&value));
+            assert_eq!(read_sample(text), through_value, "{text}");
+        }
+        assert!(read_sample(texts[0]).is_ok() && read_sample(texts[3]).is_ok());
+        assert!(read_sample(texts[8]).is_err() && read_sample(texts[12]).is_ok());
     }
 
     /// Bare NaN/Infinity become strings, so their sample alone is rejected;
