@@ -62,6 +62,22 @@ pub struct Claim {
     pub submitted_at: i64,
 }
 
+impl Claim {
+    /// The claim of `build` (as stored before the claim) as its run
+    /// number `attempt`.
+    pub fn new(build: BuildRow, attempt: i64) -> Claim {
+        Claim {
+            submitted_at: build.submitted_at,
+            build: ClaimedBuild {
+                id: build.id,
+                platform: build.platform,
+                label: build.label,
+                attempt,
+            },
+        }
+    }
+}
+
 /// Picks the lifecycle event for a build from the build and its attempts
 /// as stored inside the change's transaction: `Ok(None)` changes nothing,
 /// `Err` refuses.

@@ -11,7 +11,6 @@ use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
 use crate::stats::queue_wait;
 use crate::storage::{refusal_error, ChangeDecision, Claim, NewBuild};
-use crate::wire::ClaimedBuild;
 
 pub(super) const BUILD_COLUMNS: &str = "id, status, platform, label, worker_id, attempt,
     submitted_at, assigned_at, started_at, completed_at, error, token_hash, cpu_micros,
@@ -191,15 +190,7 @@ impl Database {
                 {
                     record_queue_wait(conn, shard, now, wait).await?;
                 }
-                Ok(Some(Claim {
-                    submitted_at: build.submitted_at,
-                    build: ClaimedBuild {
-                        id: build.id,
-                        platform: build.platform,
-                        label: build.label,
-                        attempt: change.build.attempt,
-                    },
-                }))
+                Ok(Some(Claim::new(build, change.build.attempt)))
             }
             .boxed()
         })

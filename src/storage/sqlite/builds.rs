@@ -12,7 +12,6 @@ use crate::error::{AppError, Result};
 use crate::ledger::{LedgerDelta, TotalsDelta};
 use crate::stats::queue_wait;
 use crate::storage::{refusal_error, ChangeDecision, Claim, NewBuild};
-use crate::wire::ClaimedBuild;
 
 /// The builds among `ids` that exist, read by the writer.
 pub(super) fn load_builds(conn: &rusqlite::Connection, ids: &[i64]) -> Result<Vec<BuildRow>> {
@@ -167,15 +166,7 @@ impl Database {
                     push_queue_wait(&mut script, now, wait);
                 }
                 script.run(conn)?;
-                Ok(Some(Claim {
-                    submitted_at: build.submitted_at,
-                    build: ClaimedBuild {
-                        id: build.id,
-                        platform: build.platform,
-                        label: build.label,
-                        attempt: change.build.attempt,
-                    },
-                }))
+                Ok(Some(Claim::new(build, change.build.attempt)))
             })
             .await
     }
