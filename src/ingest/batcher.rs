@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{AppError, Result};
 use crate::gather::{Arrivals, TELEMETRY};
-use crate::storage::{Storage, TelemetryRequest};
+use crate::storage::postgres::{self, CONCURRENT_TELEMETRY_STORES};
+use crate::storage::sqlite::Writer;
+use crate::storage::{Storage, TelemetryIntake, TelemetryRequest};
 use crate::wire::TelemetryAnswer;
 
 /// Most requests stored by one job.
@@ -33,20 +35,24 @@ pub struct TelemetryQueue(Route);
 enum Route {
     /// To the batcher.
     Batcher(mpsc::Sender<Queued>),
-    /// Straight to a storage that gathers them itself.
-    Storage { storage: Storage, grace_ms: i64 },
+    /// Straight to SQLite's writer, which gathers them itself.
+    Writer { writer: Writer, grace_ms: i64 },
 }
 
 impl TelemetryQueue {
-    /// Starts the batcher, which stores through `storage`; builds take
-    /// telemetry for `grace_ms` after they (or an attempt) ended.
-    pub fn start(storage: Storage, grace_ms: i64) -> TelemetryQueue {
-        if storage.gathers_telemetry() {
-            return TelemetryQueue(Route::Storage { storage, grace_ms });
+    /// Sends telemetry to `storage` as its backend takes it: straight to
+    /// SQLite's writer, or through a batcher started here for Postgres;
+    /// builds take telemetry for `grace_ms` after they (or an attempt)
+    /// ended.
+    pub fn start(storage: &Storage, grace_ms: i64) -> TelemetryQueue {
+        match storage.telemetry_intake() {
+            TelemetryIntake::Writer(writer) => TelemetryQueue(Route::Writer { writer, grace_ms }),
+            TelemetryIntake::Batches(database) => {
+                let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
+                tokio::spawn(run_batcher(database, queue, grace_ms));
+                TelemetryQueue(Route::Batcher(requests))
+            }
         }
-        let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_batcher(storage, queue, grace_ms));
-        TelemetryQueue(Route::Batcher(requests))
     }
 
     /// Stores `request` and answers once it is committed (or refused).
@@ -60,9 +66,7 @@ impl TelemetryQueue {
                     .map_err(|_| AppError::Unavailable)?;
                 answered.await.map_err(|_| AppError::Unavailable)?
             }
-            Route::Storage { storage, grace_ms } => {
-                storage.store_one_telemetry(request, *grace_ms).await
-            }
+            Route::Writer { writer, grace_ms } => writer.store_telemetry(request, *grace_ms).await,
         }
     }
 }
@@ -72,10 +76,14 @@ fn work(queued: &Queued) -> usize {
     queued.0.weight()
 }
 
-async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_ms: i64) {
+async fn run_batcher(
+    database: postgres::Database,
+    mut queue: mpsc::Receiver<Queued>,
+    grace_ms: i64,
+) {
     // A batch is taken from the queue only once a store is free, so that
     // requests keep gathering into the next batch while the stores work.
-    let stores = Arc::new(Semaphore::new(storage.concurrent_telemetry_stores()));
+    let stores = Arc::new(Semaphore::new(CONCURRENT_TELEMETRY_STORES));
     let mut seen = Arrivals::new();
     loop {
         let Ok(free) = stores.clone().acquire_owned().await else {
@@ -91,17 +99,17 @@ async fn run_batcher(storage: Storage, mut queue: mpsc::Receiver<Queued>, grace_
         }
         let builds: HashSet<i64> = batch.iter().map(|queued| queued.0.build_id).collect();
         seen.clients(batch.len(), builds.len());
-        let storage = storage.clone();
+        let database = database.clone();
         tokio::spawn(async move {
-            store_batch(&storage, batch, grace_ms).await;
+            store_batch(&database, batch, grace_ms).await;
             drop(free);
         });
     }
 }
 
-async fn store_batch(storage: &Storage, batch: Vec<Queued>, grace_ms: i64) {
+async fn store_batch(database: &postgres::Database, batch: Vec<Queued>, grace_ms: i64) {
     let (requests, answers): (Vec<TelemetryRequest>, Vec<_>) = batch.into_iter().unzip();
-    match storage.store_telemetry(requests, grace_ms).await {
+    match database.store_telemetry(requests, grace_ms).await {
         Ok(results) => {
             for (answer, result) in answers.into_iter().zip(results) {
                 let _ = answer.send(result);

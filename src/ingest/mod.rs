@@ -43,7 +43,7 @@ impl IngestState {
     /// `rate` as the flags say.
     pub fn start(storage: Storage, grace_ms: i64, rate: u32) -> IngestState {
         IngestState {
-            queue: TelemetryQueue::start(storage.clone(), grace_ms),
+            queue: TelemetryQueue::start(&storage, grace_ms),
             storage,
             buckets: Arc::new(Mutex::new(Buckets::new(Instant::now()))),
             rate,

@@ -20,7 +20,7 @@ pub mod verify;
 use crate::builds::{AttemptRow, BuildRow, Event};
 use crate::error::Result;
 use crate::telemetry::TelemetryBody;
-use crate::wire::{ClaimedBuild, StoredSnapshot, TelemetryAnswer};
+use crate::wire::{ClaimedBuild, StoredSnapshot};
 
 /// A worker as authentication needs it.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +83,19 @@ impl Claim {
 /// `Err` refuses.
 pub type ChangeDecision =
     Box<dyn FnOnce(&BuildRow, &[AttemptRow]) -> Result<Option<Event>> + Send + 'static>;
+
+/// How a backend takes telemetry requests: the ingest route's one choice
+/// by backend.
+pub enum TelemetryIntake {
+    /// SQLite: each request straight to the writer, which stores it in its
+    /// next group together with the telemetry next to it there and the
+    /// claims and transitions arriving meanwhile: one commit for all.
+    Writer(sqlite::Writer),
+    /// Postgres: batches that the caller gathers (the telemetry batcher),
+    /// each stored in one transaction under its builds' locks, several at
+    /// once ([`postgres::CONCURRENT_TELEMETRY_STORES`]).
+    Batches(postgres::Database),
+}
 
 /// One telemetry request, parsed, for the build it names.
 pub struct TelemetryRequest {
@@ -360,40 +373,11 @@ impl Storage {
         }
     }
 
-    /// Stores telemetry requests together, answering each as if they had
-    /// been stored one by one in this order. `Err` fails them all.
-    pub async fn store_telemetry(
-        &self,
-        requests: Vec<TelemetryRequest>,
-        grace_ms: i64,
-    ) -> Result<Vec<Result<TelemetryAnswer>>> {
+    /// How this backend takes telemetry requests (see [`TelemetryIntake`]).
+    pub fn telemetry_intake(&self) -> TelemetryIntake {
         match &self.backend {
-            Backend::Sqlite(db) => db.store_telemetry(requests, grace_ms).await,
-            Backend::Postgres(db) => db.store_telemetry(requests, grace_ms).await,
-        }
-    }
-
-    /// Whether the backend gathers telemetry requests itself, so that
-    /// they go to [`Storage::store_one_telemetry`] rather than through the
-    /// telemetry batcher: SQLite's writer gathers them into its group with
-    /// the claims and transitions that arrive meanwhile, one commit for all.
-    pub fn gathers_telemetry(&self) -> bool {
-        matches!(self.backend, Backend::Sqlite(_))
-    }
-
-    /// Stores one telemetry request (see [`Storage::gathers_telemetry`]).
-    pub async fn store_one_telemetry(
-        &self,
-        request: TelemetryRequest,
-        grace_ms: i64,
-    ) -> Result<TelemetryAnswer> {
-        match &self.backend {
-            Backend::Sqlite(db) => db.store_one_telemetry(request, grace_ms).await,
-            Backend::Postgres(db) => db
-                .store_telemetry(vec![request], grace_ms)
-                .await?
-                .pop()
-                .unwrap_or(Err(crate::error::AppError::Unavailable)),
+            Backend::Sqlite(db) => TelemetryIntake::Writer(db.writer.clone()),
+            Backend::Postgres(db) => TelemetryIntake::Batches(db.clone()),
         }
     }
 
@@ -469,16 +453,6 @@ impl Storage {
         match &self.backend {
             Backend::Sqlite(_) => {}
             Backend::Postgres(db) => db.forward_queue_changes(waiters),
-        }
-    }
-
-    /// How many telemetry batches are worth storing at once: SQLite's
-    /// single writer takes them in turn anyway; Postgres runs each on its
-    /// own connection and groups their commits.
-    pub fn concurrent_telemetry_stores(&self) -> usize {
-        match &self.backend {
-            Backend::Sqlite(_) => 1,
-            Backend::Postgres(_) => postgres::CONCURRENT_TELEMETRY_STORES,
         }
     }
 

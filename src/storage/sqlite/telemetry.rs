@@ -26,29 +26,6 @@ const ROWS_PER_INSERT: usize = 250;
 const BUILDS_PER_UPDATE: usize = 250;
 
 impl Database {
-    /// Stores one telemetry request through the writer, which stores it
-    /// together with the telemetry next to it in its group. Every refusal
-    /// happens before the first write, and a database error fails the
-    /// whole group.
-    pub async fn store_one_telemetry(
-        &self,
-        request: TelemetryRequest,
-        grace_ms: i64,
-    ) -> Result<TelemetryAnswer> {
-        self.writer.store_telemetry(request, grace_ms).await
-    }
-
-    /// Stores the requests as one writer job.
-    pub async fn store_telemetry(
-        &self,
-        requests: Vec<TelemetryRequest>,
-        grace_ms: i64,
-    ) -> Result<Vec<Result<TelemetryAnswer>>> {
-        self.writer
-            .write_checked(move |conn| store_batch(conn, requests, grace_ms))
-            .await
-    }
-
     /// A build's stored samples, oldest first.
     pub async fn snapshots(&self, build_id: i64) -> Result<Vec<StoredSnapshot>> {
         Ok(sqlx::query_as::<_, StoredSnapshot>(
