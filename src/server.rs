@@ -3,13 +3,11 @@
 //! graceful shutdown (connections and their limits: `connections`). [`serve`] takes its listener and its shutdown signal
 //! from the caller, so tests run the real thing on `127.0.0.1:0`.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{FromRef, State};
 use axum::handler::Handler;
 use axum::http::{Request, StatusCode};
@@ -20,7 +18,7 @@ use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::LeptosRoutes;
 use tokio::net::TcpListener;
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -226,17 +224,7 @@ async fn unknown_api_route() -> AppError {
 /// which wraps each route separately, so that each layer costs a boxed
 /// clone of the service under it and a boxed future on every request.
 /// Only `time_requests` stays a router layer: it needs the matched route.
-pub fn router(
-    state: AppState,
-) -> impl Service<
-    Request<Body>,
-    Response = Response,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response, Infallible>> + Send,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
+fn router(state: AppState) -> impl connections::Controller {
     let meters = state.meters.clone();
     let api = Router::new()
         .route("/healthz", get(healthz))
